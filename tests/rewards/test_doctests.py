@@ -1,0 +1,14 @@
+import doctest
+
+import pytest
+
+import rewards.format
+import rewards.math
+import rewards.registry
+
+
+@pytest.mark.parametrize("module", [rewards.math, rewards.format, rewards.registry])
+def test_doctests(module):
+    result = doctest.testmod(module)
+    assert result.attempted > 0
+    assert result.failed == 0
