@@ -90,9 +90,11 @@ def _score_sample(fns: dict[str, RewardFn], completion: str, row: dict[str, Any]
     """("result", components, errors), or ("data_error", message) for a bad row."""
     components: dict[str, float] = {}
     errors: list[str] = []
+    # A row may carry a reference "completion" (an SFT target); the scored one is ours.
+    fields = {k: v for k, v in row.items() if k != "completion"}
     for name, fn in fns.items():
         try:
-            components[name] = float(fn(completion, **row))
+            components[name] = float(fn(completion, **fields))
         except RewardDataError as exc:
             return ("data_error", f"reward {name!r}: {exc}")
         except KeyboardInterrupt:

@@ -61,6 +61,20 @@ def _repack_cpu_experts(model: torch.nn.Module, loaded: dict[str, torch.Tensor])
     return repacked
 
 
+def _fingerprint(worker) -> dict[str, str]:  # runs inside vLLM's worker process
+    import hashlib
+
+    model = worker.model_runner.get_model()
+    tensors = dict(model.named_parameters())
+    tensors.update(model.named_buffers())
+    return {
+        name: hashlib.sha1(
+            t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        ).hexdigest()
+        for name, t in tensors.items()
+    }
+
+
 def pack_weights(named: Iterable[tuple[str, torch.Tensor]]) -> bytes:
     """Serialise ``(name, tensor)`` pairs into one safetensors blob (what a sync ships)."""
     from safetensors.torch import save
@@ -96,6 +110,10 @@ class VLLMEngine:
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             enable_prefix_caching=False,
+            # vLLM 0.32's CPU rotary kernel mis-rotates a 3-D (tokens, heads, dim) query with
+            # more than one head; MLA passes exactly that (q_pe), so every trained MLA policy
+            # samples from a wrong distribution. Its native (torch) rope is correct.
+            compilation_config={"custom_ops": ["-rotary_embedding"]},
             **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
@@ -141,7 +159,29 @@ class VLLMEngine:
                 )
         return completions
 
+    def score(
+        self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]
+    ) -> list[list[float]]:
+        """Teacher-forced logprobs of each sequence's tokens after its first ``prompt_len``
+        tokens, as the engine computes them (prefill path)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0)
+        outs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=list(s)) for s in sequences], params, use_tqdm=False
+        )
+        return [
+            [step[tok].logprob for step, tok in zip(out.prompt_logprobs[p:], seq[p:], strict=True)]
+            for out, seq, p in zip(outs, sequences, prompt_lens, strict=True)
+        ]
+
     def update_weights(self, blob: bytes) -> int:
         """Load new weights in place from a ``pack_weights`` blob (checkpoint names, any
         subset of the model's tensors); returns the number of tensors loaded."""
         return sum(self.llm.collective_rpc(_reload, args=(blob,)))
+
+    def fingerprint(self) -> dict[str, str]:
+        """A hash of every tensor the engine computes with (in its own, e.g. prepacked,
+        layout): equal fingerprints mean bit-identical weights."""
+        return self.llm.collective_rpc(_fingerprint)[0]

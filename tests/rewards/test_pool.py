@@ -165,3 +165,11 @@ def test_stats():
         "reward_latency_p99_s": 4,
     }
     assert stats([])["reward_latency_p99_s"] == 0.0
+
+
+def test_a_rows_reference_completion_does_not_replace_the_scored_one(pool):
+    # SFT rows carry their own "completion"; the reward must grade the sampled text.
+    rows = [{"answer": "3", "completion": boxed(3)}, {"answer": "3", "completion": boxed(9)}]
+    results = pool.score([boxed(9), boxed(3)], rows)
+    assert [r.components["math"] for r in results] == [0.0, 1.0]
+    assert stats(results)["reward_errors"] == 0

@@ -1,0 +1,1 @@
+"""Recipes (YAML) and the data generators they name."""

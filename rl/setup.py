@@ -1,0 +1,186 @@
+"""Start what a run needs (initial policy, Ray, learner ranks, rollout worker, reward pools)
+and tear it down again."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from tqdm import tqdm
+
+from rewards import RewardPool
+from rl.config import Recipe
+from rl.errors import ConfigError
+from rl.learner_group import LearnerGroup
+from rl.metrics import MetricsLog
+
+
+@dataclass
+class Run:
+    """Handles of one run's actors and resources."""
+
+    recipe: Recipe
+    out: Path
+    tokenizer: Any
+    learner: LearnerGroup
+    rollout: Any  # Ray actor handle of rollouts.engine.VLLMEngine
+    pool: RewardPool
+    accuracy_pool: RewardPool
+    log: MetricsLog
+    own_rollout: bool = True
+    _prompt_cache: dict[str, list[int]] = field(default_factory=dict)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Token ids of the chat-formatted prompt, ending with the assistant turn's opening."""
+        if prompt not in self._prompt_cache:
+            self._prompt_cache[prompt] = list(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}],
+                    add_generation_prompt=True,
+                    return_dict=False,
+                )
+            )
+        return self._prompt_cache[prompt]
+
+    def completion_ids(self, completion: str) -> list[int]:
+        return self.tokenizer.encode(completion, add_special_tokens=False) + [
+            self.tokenizer.eos_token_id
+        ]
+
+    def sync_weights(self) -> None:
+        """Learner -> rollout worker: one gather on the learner, one blob through Ray."""
+        blob = self.learner.export_weights()
+        ray.get(self.rollout.update_weights.remote(blob), timeout=600)
+
+    def close(self) -> None:
+        self.pool.close()
+        self.accuracy_pool.close()
+        self.learner.shutdown()
+        self.log.close()
+        if self.own_rollout:
+            ray.kill(self.rollout)
+
+
+def import_object(spec: str, key: str) -> Any:
+    """``module:function`` -> the function; errors name the recipe key."""
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"recipe key '{key}': cannot import {spec!r}: {e}") from None
+
+
+def initial_policy(recipe: Recipe, out: Path, data: dict[str, list[dict]]) -> Path:
+    """The starting checkpoint as an HF folder: a local model, or a preset built from scratch
+    with a character tokenizer over the data's alphabet."""
+    from model import new_policy, save_policy
+    from model.tokenizer import THINK_TOKENS
+
+    if recipe.model.path:
+        path = Path(recipe.model.path)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"recipe key 'model.path': {path} is not a Hugging Face model folder")
+        return path
+    text = "".join(
+        r.get(k, "")
+        for rows in data.values()
+        for r in rows
+        for k in ("prompt", "completion", "answer")
+    )
+    for tag in THINK_TOKENS:  # single tokens of their own
+        text = text.replace(tag, "")
+    model, tokenizer = new_policy(
+        recipe.model.preset, "".join(sorted(set(text))), seed=recipe.model.init_seed
+    )
+    return save_policy(model, tokenizer, out / "checkpoints" / "init")
+
+
+def start_ray(recipe: Recipe) -> None:
+    if ray.is_initialized():
+        return
+    if recipe.ray.address:
+        ray.init(address=recipe.ray.address, log_to_driver=False)
+    else:
+        ray.init(
+            num_cpus=recipe.ray.num_cpus or os.cpu_count(),
+            include_dashboard=False,
+            log_to_driver=False,
+            configure_logging=False,
+        )
+
+
+def start_run(recipe: Recipe, out: Path, data: dict[str, list[dict]], rollout=None) -> Run:
+    from transformers import AutoTokenizer
+
+    from rollouts.worker import start_rollout_worker
+
+    t0 = time.time()
+    model_dir = initial_policy(recipe, out, data)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    start_ray(recipe)
+    lc, rc = recipe.learner, recipe.rollout
+    threads = lc.threads or max(1, (os.cpu_count() or 1) // lc.world_size)
+    own_rollout = rollout is None
+    if own_rollout:
+        rollout = start_rollout_worker(
+            str(model_dir),
+            kv_cache_gib=rc.kv_cache_gib,
+            dtype=recipe.model.dtype,
+            seed=rc.seed,
+            max_model_len=rc.max_model_len,
+            max_num_seqs=rc.max_num_seqs,
+        )
+    learner = LearnerGroup(
+        str(model_dir),
+        lc.world_size,
+        dtype=recipe.model.dtype,
+        backend=lc.backend,
+        threads=threads,
+        seed=recipe.seed,
+    )
+    pool = RewardPool(recipe.rewards.weights, recipe.rewards.workers, recipe.rewards.timeout_s)
+    accuracy_pool = RewardPool(
+        {recipe.rewards.accuracy: 1.0}, recipe.rewards.workers, recipe.rewards.timeout_s
+    )
+    ray.get(rollout.__ray_ready__.remote(), timeout=600)  # vLLM engine built
+    run = Run(
+        recipe,
+        out,
+        tokenizer,
+        learner,
+        rollout,
+        pool,
+        accuracy_pool,
+        MetricsLog(out / "metrics.jsonl"),
+        own_rollout=own_rollout,
+    )
+    if not own_rollout:
+        run.sync_weights()  # a shared engine may hold anything: start from the learner's weights
+    print_plan(run, model_dir, time.time() - t0)
+    return run
+
+
+def print_plan(run: Run, model_dir: Path, setup_s: float) -> None:
+    r = run.recipe
+    g = r.grpo
+    tqdm.write(
+        f"r1kit run '{r.name}': policy {model_dir} ({run.learner.num_params / 1e6:.2f}M params, "
+        f"{r.model.dtype}), {r.learner.world_size} learner rank(s), 1 vLLM rollout worker; "
+        f"ready in {setup_s:.0f}s\n"
+        f"  SFT : {r.sft.steps} steps x {r.sft.batch_size} sequences, lr {r.sft.lr:g}\n"
+        f"  GRPO: {g.steps} steps x {g.prompts_per_step} prompts x G={g.group_size} = "
+        f"{g.prompts_per_step * g.group_size} samples/step, micro-batch "
+        f"{r.learner.micro_batch_size}/rank, estimator {g.estimator}, loss {g.loss_agg} "
+        f"(denominator: global token count), clip [{1 - g.clip_low:g}, {1 + g.clip_high:g}], "
+        f"no KL, lr {g.lr:g}\n"
+        f"  rewards {r.rewards.weights}, accuracy by '{r.rewards.accuracy}'"
+    )
