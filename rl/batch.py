@@ -35,6 +35,26 @@ class Batch:
             pick(self.rollout_logprobs),
         )
 
+    def padded(self, rows: int) -> Batch:
+        """This batch plus ``rows`` inert rows (copies of row 0 with an empty loss mask and zero
+        advantage): they add nothing to any loss or gradient, only forward/backward passes."""
+        if rows == 0:
+            return self
+
+        def extend(t: Tensor | None, fill_zero: bool) -> Tensor | None:
+            if t is None:
+                return None
+            extra = t[:1].expand(rows, *t.shape[1:]).clone()
+            return torch.cat([t, extra.zero_() if fill_zero else extra])
+
+        return Batch(
+            extend(self.input_ids, False),
+            extend(self.attention_mask, False),
+            extend(self.loss_mask, True),
+            extend(self.advantages, True),
+            extend(self.rollout_logprobs, True),
+        )
+
     def trimmed(self) -> Batch:
         """Drop the padding columns no row of this batch uses."""
         width = int(self.attention_mask.sum(1).max())

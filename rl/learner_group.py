@@ -43,6 +43,10 @@ class LearnerGroup:
         return ray.get(refs, timeout=TIMEOUT_S)
 
     def _split(self, method: str, batch: Batch, **kwargs: Any) -> list[Any]:
+        """Equal row counts per rank: FSDP2 needs every rank to run the same number of
+        forward/backward passes (its collectives pair up), so a batch whose rows do not
+        divide evenly gets inert padding rows (global loss denominators are counted before)."""
+        batch = batch.padded(-len(batch) % self.world_size)
         parts = shard_rows(len(batch), self.world_size)
         refs = [
             getattr(r, method).remote(batch.select(s), **kwargs)

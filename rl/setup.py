@@ -124,6 +124,7 @@ def start_run(recipe: Recipe, out: Path, data: dict[str, list[dict]], rollout=No
     from rollouts.worker import start_rollout_worker
 
     t0 = time.time()
+    tqdm.write("starting: Ray, the vLLM rollout engine and the learner ranks (~40 s on 2 cores)")
     model_dir = initial_policy(recipe, out, data)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     start_ray(recipe)

@@ -31,8 +31,9 @@ from rl.advantages import compute_advantages
 from rl.batch import make_batch
 from rl.config import Recipe
 from rl.data import check_disjoint, read_rows, write_rows
+from rl.errors import ConfigError
 from rl.metrics import plot_reward_curve
-from rl.setup import Run, start_run
+from rl.setup import Run, import_object, start_run
 
 
 def train(recipe: Recipe, out: Path, rollout=None) -> dict:
@@ -43,6 +44,7 @@ def train(recipe: Recipe, out: Path, rollout=None) -> dict:
     """
     start = time.time()
     out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.resolved.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
     data = load_data(recipe, out)
     run = start_run(recipe, out, data, rollout)
     summary: dict = {"eval": {}}
@@ -67,8 +69,6 @@ def load_data(recipe: Recipe, out: Path) -> dict[str, list[dict]]:
     """Rows from the recipe's generator (written to OUT/data and read back) or its files."""
     files = {"sft": recipe.data.sft_file, "rl": recipe.data.rl_file, "eval": recipe.data.eval_file}
     if recipe.data.generator:
-        from rl.setup import import_object
-
         generated = import_object(recipe.data.generator, "data.generator")(
             **recipe.data.generator_args
         )
@@ -76,20 +76,12 @@ def load_data(recipe: Recipe, out: Path) -> dict[str, list[dict]]:
             if files.get(kind) is None:
                 files[kind] = str(write_rows(out / "data" / f"{kind}.jsonl", rows))
     needed = {"sft": recipe.sft.steps > 0, "rl": recipe.grpo.steps > 0, "eval": True}
-    data = {k: read_rows(files[k], k, f"data.{k}_file") if files[k] else [] for k in files}
     for kind, need in needed.items():
-        if need and not data[kind]:
-            raise_missing(kind)
+        if need and not files[kind]:
+            raise ConfigError(f"recipe: {kind} data needed: set data.{kind}_file or data.generator")
+    data = {k: read_rows(files[k], k, f"data.{k}_file") if files[k] else [] for k in files}
     check_disjoint(data["sft"] + data["rl"], data["eval"], "data.eval_file")
     return data
-
-
-def raise_missing(kind: str) -> None:
-    from rl.errors import ConfigError
-
-    raise ConfigError(
-        f"recipe: the {kind} stage needs data: set data.{kind}_file or data.generator"
-    )
 
 
 def run_sft(run: Run, rows: list[dict]) -> None:
@@ -233,7 +225,3 @@ def _cycle(n: int, seed: int):
         order = list(range(n))
         rng.shuffle(order)
         yield from order
-
-
-def resolved_recipe(recipe: Recipe) -> str:
-    return json.dumps(asdict(recipe), indent=2)

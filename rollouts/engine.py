@@ -69,7 +69,7 @@ def _fingerprint(worker) -> dict[str, str]:  # runs inside vLLM's worker process
     tensors.update(model.named_buffers())
     return {
         name: hashlib.sha1(
-            t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+            t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
         ).hexdigest()
         for name, t in tensors.items()
     }
@@ -114,6 +114,9 @@ class VLLMEngine:
             # more than one head; MLA passes exactly that (q_pe), so every trained MLA policy
             # samples from a wrong distribution. Its native (torch) rope is correct.
             compilation_config={"custom_ops": ["-rotary_embedding"]},
+            # logprobs of the distribution sampled from (temperature applied), as the learner
+            # computes them; vLLM's default is the raw, unscaled one
+            logprobs_mode="processed_logprobs",
             **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()

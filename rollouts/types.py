@@ -10,8 +10,8 @@ class Completion:
     """One sampled completion of one prompt.
 
     ``logprobs[t]`` is the rollout engine's log-probability of ``token_ids[t]`` under the
-    distribution it sampled from (temperature applied), so that the learner can compare its
-    own teacher-forced logprobs with it.
+    distribution it sampled from (temperature applied; with top_p/top_k < full, renormalised
+    over the kept tokens), so that the learner can compare its own logprobs with it.
     """
 
     prompt_index: int

@@ -3,10 +3,12 @@
 What it proves about weight sync: the rollout engine samples with the learner's current
 weights at every step, and ends up holding the final weights.
 
-Tolerances (fp32, CPU): vLLM's MLA prefill/decode kernels differ from transformers by ~2e-3
-(prefill) and up to ~1.2e-2 (single decode tokens); we saw mean 1.8e-3 / max 1.0e-2 on this
-policy. So "matches" is mean |diff| < 5e-3 and max < 5e-2, and "changed" is a mean |diff|
-against the pre-GRPO weights at least 4x the matching bound.
+Tolerances (fp32, CPU): with r1kit's two vLLM-CPU fixes (expert prepack on reload, native
+rope for MLA) the engine's logprobs of sampled tokens match the learner's to ~4e-7 mean and
+~2e-5 max (seen over 100 GRPO steps of the demo). Only float summation order differs, so
+"matches" is mean |diff| < 1e-4 and max < 1e-3 (50-250x headroom for other CPUs' kernels);
+"changed" is a mean |diff| against the pre-GRPO weights of at least 1e-2, 100x that bound.
+A stale tensor family (experts, kv_b_proj) or a mis-rotated query costs 1e-2 to nats.
 """
 
 import json
@@ -57,7 +59,7 @@ def test_sft_then_grpo_end_to_end(rollout_worker, tiny_policy_dir, tmp_path):
     for r in grpo:
         # the learner's logprobs of the sampled tokens, before its update, against the
         # engine's: small only if the engine held the learner's current weights
-        assert r["logprob_diff_mean"] < 5e-3, r
+        assert r["logprob_diff_mean"] < 1e-4 and r["logprob_diff_max"] < 1e-3, r
         assert r["reward_errors"] == 0 and r["time_sync"] > 0
     assert any(r["zero_variance_frac"] < 1 for r in grpo), "no learning signal in the test"
     for name in (
@@ -98,5 +100,5 @@ def test_sft_then_grpo_end_to_end(rollout_worker, tiny_policy_dir, tmp_path):
             for c in out
         ]
     )
-    assert match.mean() < 5e-3 and match.max() < 5e-2, (match.mean(), match.max())
-    assert moved.mean() > 4 * 5e-3, moved.mean()
+    assert match.mean() < 1e-4 and match.max() < 1e-3, (match.mean(), match.max())
+    assert moved.mean() > 1e-2, moved.mean()

@@ -52,3 +52,11 @@ def test_one_and_two_ranks_take_the_same_steps(ray_cluster, tiny_policy_dir):
     assert set(w1) == set(w2) and "model.layers.1.mlp.experts.0.gate_proj.weight" in w1
     for name in w1:
         torch.testing.assert_close(w1[name], w2[name], atol=2e-5, rtol=1e-4, msg=name)
+
+
+def test_padding_rows_change_no_loss_or_gradient():
+    batch = batches()
+    padded = batch.padded(3)
+    assert len(padded) == len(batch) + 3 and padded.loss_mask[-3:].sum() == 0
+    assert padded.advantages[-3:].abs().sum() == 0
+    assert torch.equal(padded.input_ids[: len(batch)], batch.input_ids)
