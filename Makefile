@@ -34,7 +34,9 @@ endif
 system-deps:
 	@command -v bwrap >/dev/null || { [ "$$(id -u)" = 0 ] && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bubblewrap >/dev/null) || echo "note: bubblewrap not installed (needs root); code rewards will refuse to run"; }
 
+# an earlier demo run is kept as runs/demo.<time>, never overwritten
 demo: setup
+	@if [ -e runs/demo ]; then mv runs/demo "runs/demo.$$(date +%Y%m%d-%H%M%S)"; fi
 	$(VENV)/bin/r1kit train recipes/demo.yaml --out runs/demo
 
 lint:

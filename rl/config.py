@@ -70,7 +70,12 @@ class GRPOConfig:
     group_size: int = 8
     """Completions per prompt (G)."""
     lr: float = 1e-4
-    """Learning rate (AdamW, constant)."""
+    """Peak learning rate (AdamW)."""
+    lr_schedule: str = "constant"
+    """After warm-up: constant; linear (decay to 10% of `lr` at the last step); or wsd
+    (constant, then linear decay to 10% over the last 20% of the steps)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps."""
     max_new_tokens: int = 64
     """Completion length cap; longer completions are truncated (finish reason "length")."""
     temperature: float = 1.0
@@ -239,10 +244,12 @@ def _check(recipe: Recipe, source: str) -> None:
     """Cross-field checks that types alone do not catch."""
     from rl.advantages import ESTIMATORS
     from rl.losses import AGGREGATIONS
+    from rl.schedule import SCHEDULES
 
     checks = [
         (recipe.grpo.estimator in ESTIMATORS, "grpo.estimator", f"one of {sorted(ESTIMATORS)}"),
         (recipe.grpo.loss_agg in AGGREGATIONS, "grpo.loss_agg", f"one of {sorted(AGGREGATIONS)}"),
+        (recipe.grpo.lr_schedule in SCHEDULES, "grpo.lr_schedule", f"one of {SCHEDULES}"),
         (recipe.model.dtype in ("float32", "bfloat16"), "model.dtype", "float32 or bfloat16"),
         (
             recipe.learner.backend in ("auto", "gloo", "nccl"),

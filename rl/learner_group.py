@@ -75,6 +75,23 @@ class LearnerGroup:
     ) -> dict[str, float]:
         num_tokens = float(batch.loss_mask.sum())
         num_seqs = float((batch.loss_mask.sum(1) > 0).sum())
+        # A row with advantage 0 (e.g. every row of an all-equal group) adds exactly 0 to the
+        # policy-gradient loss and its gradient; with the denominators counted above on the
+        # whole batch, skipping those rows changes nothing but the time. Health metrics
+        # (entropy, learner-vs-rollout logprob diff) are then over the rows that learn.
+        batch = batch.select(batch.advantages != 0)
+        if len(batch) == 0:  # nothing to learn from: no optimizer step either
+            return {
+                "loss": 0.0,
+                "grad_norm": 0.0,
+                "rows_learned": 0,
+                "logprob_diff_mean": None,
+                "logprob_diff_max": None,
+                "entropy": None,
+                "clip_frac_low": None,
+                "clip_frac_high": None,
+            }
+        rows_learned = len(batch)
         outs = self._split(
             "grpo_step",
             batch,
@@ -95,6 +112,7 @@ class LearnerGroup:
             "entropy": sum(o["entropy_sum"] for o in outs) / tokens,
             "clip_frac_low": sum(o["clip_low_sum"] for o in outs) / tokens,
             "clip_frac_high": sum(o["clip_high_sum"] for o in outs) / tokens,
+            "rows_learned": rows_learned,
         }
 
     def logprobs(self, batch: Batch, temperature: float = 1.0):

@@ -33,6 +33,7 @@ from rl.config import Recipe
 from rl.data import check_disjoint, read_rows, write_rows
 from rl.errors import ConfigError
 from rl.metrics import plot_reward_curve
+from rl.schedule import lr_at
 from rl.setup import Run, import_object, start_run
 
 
@@ -43,6 +44,8 @@ def train(recipe: Recipe, out: Path, rollout=None) -> dict:
     it receives the learner's weights before anything is sampled.
     """
     start = time.time()
+    if (out / "metrics.jsonl").exists():
+        raise ConfigError(f"{out} already holds a run (metrics.jsonl): choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / "recipe.resolved.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
     data = load_data(recipe, out)
@@ -94,7 +97,7 @@ def run_sft(run: Run, rows: list[dict]) -> None:
         picked = [rows[next(order)] for _ in range(cfg.batch_size)]
         prompts = [run.prompt_ids(r["prompt"]) for r in picked]
         targets = [run.completion_ids(r["completion"]) for r in picked]
-        lr = cfg.lr * min(1.0, step / max(1, cfg.warmup_steps))
+        lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         t0 = time.time()
         out = run.learner.sft_step(
             make_batch(prompts, targets, run.pad_id), lr, run.recipe.learner.micro_batch_size
@@ -157,9 +160,10 @@ def grpo_step(run: Run, picked: list[dict], step: int) -> dict:
         rollout_logprobs=[c.logprobs for c in completions],
     )
     t0 = time.time()
+    lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.lr_schedule)
     update = run.learner.grpo_step(
         batch,
-        cfg.lr,
+        lr,
         run.recipe.learner.micro_batch_size,
         loss_cfg={"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "loss_agg": cfg.loss_agg},
         temperature=cfg.temperature,
@@ -172,6 +176,7 @@ def grpo_step(run: Run, picked: list[dict], step: int) -> dict:
     timing["time_sync"] = time.time() - t0
     return {
         **rollout_health(rewards, completions, cfg.group_size),
+        "lr": lr,
         **update,
         **stats(scored),
         **timing,

@@ -57,11 +57,13 @@ def test_sft_then_grpo_end_to_end(rollout_worker, tiny_policy_dir, tmp_path):
     grpo = [r for r in rows if r["stage"] == "grpo"]
     assert [r["step"] for r in grpo] == [1, 2, 3]
     for r in grpo:
+        assert r["reward_errors"] == 0 and r["time_sync"] > 0
+    learned = [r for r in grpo if r["rows_learned"]]
+    assert learned, "no learning signal in the test"
+    for r in learned:
         # the learner's logprobs of the sampled tokens, before its update, against the
         # engine's: small only if the engine held the learner's current weights
         assert r["logprob_diff_mean"] < 1e-4 and r["logprob_diff_max"] < 1e-3, r
-        assert r["reward_errors"] == 0 and r["time_sync"] > 0
-    assert any(r["zero_variance_frac"] < 1 for r in grpo), "no learning signal in the test"
     for name in (
         "summary.json",
         "reward_curve.png",

@@ -90,3 +90,12 @@ def test_held_out_rows_must_not_be_training_rows(data_dir, tmp_path):
     (data_dir / "eval.jsonl").write_text(json.dumps({"prompt": "1+1", "answer": "2"}) + "\n")
     result = run_cli("train", write_recipe(data_dir), "--out", tmp_path / "out", cwd=data_dir)
     assert_one_clear_line(result, "held-out prompts also in training data", "'1+1'")
+
+
+def test_an_existing_run_is_never_overwritten(data_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')
+    result = run_cli("train", write_recipe(data_dir), "--out", out, cwd=data_dir)
+    assert_one_clear_line(result, "already holds a run")
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n'
