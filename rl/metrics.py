@@ -66,7 +66,7 @@ def plot_reward_curve(metrics_path: Path, png_path: Path) -> Path | None:
     ax.set_xlabel("GRPO step")
     ax.set_ylabel("reward / accuracy")
     ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
     ax.set_title("r1kit: GRPO reward")
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
