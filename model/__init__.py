@@ -3,7 +3,7 @@
 No distributed code lives here; `rl/` shards the models it gets from this package.
 """
 
-from model.hf import is_moe, load_policy, new_policy, save_policy
+from model.hf import load_policy, new_policy, save_policy
 from model.presets import PRESETS, preset_config
 from model.tokenizer import build_char_tokenizer
 from model.weights import to_vllm_weights
@@ -11,7 +11,6 @@ from model.weights import to_vllm_weights
 __all__ = [
     "PRESETS",
     "build_char_tokenizer",
-    "is_moe",
     "load_policy",
     "new_policy",
     "preset_config",

@@ -69,8 +69,3 @@ def save_policy(
         config.setdefault("scoring_func", "sigmoid")
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     return path
-
-
-def is_moe(model: PreTrainedModel) -> bool:
-    """Whether ``model`` has routed experts."""
-    return getattr(model.config, "n_routed_experts", None) not in (None, 0)

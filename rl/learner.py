@@ -170,15 +170,6 @@ class LearnerRank:
         sums["grad_norm"] = self._step(lr, max_grad_norm)
         return sums
 
-    @torch.no_grad()
-    def logprobs(self, batch: Batch, temperature: float = 1.0) -> torch.Tensor:
-        """Teacher-forced logprobs (B, T-1) of this rank's rows, zero off the loss mask."""
-        self.model.eval()
-        lp = token_logprobs(
-            self.model, self._to(batch.input_ids), self._to(batch.attention_mask), temperature
-        )
-        return (lp * self._to(batch.loss_mask)).cpu()
-
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 

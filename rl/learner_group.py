@@ -115,11 +115,6 @@ class LearnerGroup:
             "rows_learned": rows_learned,
         }
 
-    def logprobs(self, batch: Batch, temperature: float = 1.0):
-        import torch
-
-        return torch.cat(self._split("logprobs", batch, temperature=temperature))
-
     def export_weights(self) -> ray.ObjectRef:
         """Gather once; an ObjectRef to rank 0's weight blob (ship it to rollout workers)."""
         refs = [r.export_weights.remote() for r in self.ranks]
