@@ -20,15 +20,9 @@ import torch
 from model import load_policy
 from rl.config import load_recipe
 from rl.trainer import train
+from tests.parity import teacher_forced
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
-
-
-def teacher_forced(model, prompt, completion):
-    ids = torch.tensor([prompt + completion])
-    with torch.no_grad():
-        lp = torch.log_softmax(model(ids).logits[0, :-1].float(), -1)
-    return lp[len(prompt) - 1 :].gather(-1, torch.tensor(completion)[:, None])[:, 0]
 
 
 def test_sft_then_grpo_end_to_end(rollout_worker, tiny_policy_dir, tmp_path):

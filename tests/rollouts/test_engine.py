@@ -6,15 +6,9 @@ import torch
 
 from model import load_policy, to_vllm_weights
 from rollouts.engine import pack_weights
+from tests.parity import teacher_forced
 
 pytestmark = pytest.mark.slow
-
-
-def teacher_forced(model, prompt, completion, temperature=1.0):
-    ids = torch.tensor([prompt + completion])
-    with torch.no_grad():
-        lp = torch.log_softmax(model(ids).logits[0, :-1].float() / temperature, -1)
-    return lp[len(prompt) - 1 :].gather(-1, torch.tensor(completion)[:, None])[:, 0]
 
 
 def perturbed(model, scale=0.02, seed=0):
