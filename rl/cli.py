@@ -24,11 +24,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rl.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    if args.resume:
-        raise R1kitError("--resume is not supported yet: checkpoints hold weights only")
     from rl.trainer import train
 
-    summary = train(recipe, Path(args.out))
+    summary = train(recipe, Path(args.out), resume=args.resume)
     evals = summary["eval"]
     parts = [f"{k.upper()} {v['accuracy']:.3f} (n={v['n']})" for k, v in evals.items()]
     print(
