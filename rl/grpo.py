@@ -103,7 +103,7 @@ def shape_rewards(run: Run, groups: Groups, batch: Batch) -> tuple[torch.Tensor,
     penalty, minus beta x KL when the KL goes in the reward. Sets ``batch.ref_logprobs``
     when there is a KL term."""
     cfg = run.recipe.grpo
-    rewards, metrics = groups.rewards.clone(), {}
+    rewards, metrics = groups.rewards.clone(), {"kl": None}  # no reference: no KL to report
     if cfg.overlong_buffer > 0:
         from rewards.shaping import overlong_penalty
 

@@ -261,13 +261,18 @@ class LearnerRank:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(self.model, options=options)  # gathered on rank 0 only
 
-    def export_weights(self) -> bytes | None:
-        """All ranks gather; rank 0 returns the weights as a blob in vLLM's checkpoint naming."""
+    def export_weights(self, exclude: tuple[str, ...] = ()) -> bytes | None:
+        """All ranks gather; rank 0 returns the weights as a blob in vLLM's checkpoint naming.
+        ``exclude``: leave out tensors whose name contains one of these (a deliberately broken
+        sync, for testing ``r1kit check``)."""
         from model import to_vllm_weights
         from rollouts.engine import pack_weights
 
         state = self._full_state_dict()
-        return pack_weights(to_vllm_weights(state.items())) if self.rank == 0 else None
+        if self.rank != 0:
+            return None
+        kept = [(k, v) for k, v in state.items() if not any(part in k for part in exclude)]
+        return pack_weights(to_vllm_weights(kept))
 
     def save(self, path: str) -> str | None:
         """All ranks gather; rank 0 writes a Hugging Face checkpoint folder."""

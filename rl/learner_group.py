@@ -145,9 +145,9 @@ class LearnerGroup:
             metrics["is_capped_frac"] = total["is_capped_sum"] / tokens
         return metrics
 
-    def export_weights(self) -> ray.ObjectRef:
+    def export_weights(self, exclude: tuple[str, ...] = ()) -> ray.ObjectRef:
         """Gather once; an ObjectRef to rank 0's weight blob (ship it to rollout workers)."""
-        refs = [r.export_weights.remote() for r in self.ranks]
+        refs = [r.export_weights.remote(exclude) for r in self.ranks]
         ray.wait(refs, num_returns=len(refs), timeout=TIMEOUT_S)
         return refs[0]
 

@@ -14,6 +14,7 @@ import ray
 from tqdm import tqdm
 
 from rewards import RewardPool
+from rl.check import quick_check
 from rl.config import Recipe
 from rl.errors import ConfigError
 from rl.learner_group import LearnerGroup
@@ -173,7 +174,16 @@ def start_run(
     )
     if not own_rollout:
         run.sync_weights()  # a shared engine may hold anything: start from the learner's weights
+    try:
+        parity = quick_check(rollout, learner, tokenizer, recipe.model.dtype)  # fails fast
+    except Exception:
+        run.close()
+        raise
     print_plan(run, model_dir, time.time() - t0)
+    tqdm.write(
+        f"  parity check: learner vs rollout engine logprob |diff| mean {parity['mean']:.1e}, "
+        f"max {parity['max']:.1e} (ok)"
+    )
     return run
 
 
