@@ -169,6 +169,10 @@ class RolloutConfig:
     """Sequences vLLM batches at once."""
     seed: int = 0
     """Base sampling seed; each step and prompt derives its own."""
+    sync_bucket_mb: float = 256
+    """Weight sync: the learner's weights travel in buckets of about this size (cut between
+    layers), reloaded one by one: the engine's worker process holds one bucket at a time
+    beyond the model."""
 
 
 @dataclass

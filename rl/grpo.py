@@ -84,7 +84,7 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
     timing["time_learner"] = time.time() - t0
 
     t0 = time.time()
-    run.sync_weights()
+    sync = run.sync_weights()
     timing["time_sync"] = time.time() - t0
     return {
         **sampling,
@@ -93,6 +93,7 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
         "lr": lr,
         **update,
         **stats(groups.scored),
+        **sync,
         **timing,
         "time_step": sum(timing.values()),
     }

@@ -63,6 +63,7 @@ class LearnerRank:
         if threads:
             torch.set_num_threads(threads)
         self.model = self.optimizer = self.reference = None
+        self.last_export = {"sync_bytes": 0, "sync_buckets": 0}
 
     def address(self) -> tuple[str, int]:
         """Host and a free port for the group's rendezvous (asked of rank 0)."""
@@ -105,8 +106,15 @@ class LearnerRank:
         set_model_state_dict(reference, get_model_state_dict(self.model))
         self.reference = reference.requires_grad_(False).eval()
 
+    def _reshard(self) -> None:
+        """Register the sharded parameters again. FSDP2 keeps the root module's parameters
+        unsharded after a forward until backward reshards them; after a no-grad forward
+        nothing does, and an optimizer or a state dict would then see other tensors."""
+        self.model.reshard()
+
     def configure_optimizer(self, lr: float, weight_decay: float = 0.0) -> None:
         """A fresh AdamW (each stage starts its own optimizer state)."""
+        self._reshard()
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay
         )
@@ -164,6 +172,7 @@ class LearnerRank:
             )
             lp = torch.where(self._to(mb.loss_mask) > 0, lp, 0.0).cpu()
             out[start : start + len(mb), : lp.shape[1]] = lp
+        model.reshard()
         return out
 
     def grpo_step(
@@ -261,18 +270,27 @@ class LearnerRank:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_model_state_dict(self.model, options=options)  # gathered on rank 0 only
 
-    def export_weights(self, exclude: tuple[str, ...] = ()) -> bytes | None:
-        """All ranks gather; rank 0 returns the weights as a blob in vLLM's checkpoint naming.
-        ``exclude``: leave out tensors whose name contains one of these (a deliberately broken
-        sync, for testing ``r1kit check``)."""
+    def export_weights(
+        self, exclude: tuple[str, ...] = (), bucket_mb: float = 256
+    ) -> list[bytes] | None:
+        """All ranks gather (once); rank 0 returns the weights in vLLM's checkpoint naming as
+        safetensors buckets of about ``bucket_mb`` MB, cut between layers. ``exclude``: leave
+        out tensors whose name contains one of these (a deliberately broken sync, to test
+        ``r1kit check``)."""
         from model import to_vllm_weights
-        from rollouts.engine import pack_weights
+        from rollouts.engine import pack_buckets
 
         state = self._full_state_dict()
         if self.rank != 0:
             return None
         kept = [(k, v) for k, v in state.items() if not any(part in k for part in exclude)]
-        return pack_weights(to_vllm_weights(kept))
+        buckets = pack_buckets(to_vllm_weights(kept), int(bucket_mb * 2**20))
+        self.last_export = {"sync_bytes": sum(map(len, buckets)), "sync_buckets": len(buckets)}
+        return buckets
+
+    def last_export_size(self) -> dict[str, int]:
+        """Bytes and buckets of this rank's last ``export_weights`` (rank 0's are the sync's)."""
+        return self.last_export
 
     def save(self, path: str) -> str | None:
         """All ranks gather; rank 0 writes a Hugging Face checkpoint folder."""

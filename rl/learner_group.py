@@ -145,11 +145,17 @@ class LearnerGroup:
             metrics["is_capped_frac"] = total["is_capped_sum"] / tokens
         return metrics
 
-    def export_weights(self, exclude: tuple[str, ...] = ()) -> ray.ObjectRef:
-        """Gather once; an ObjectRef to rank 0's weight blob (ship it to rollout workers)."""
-        refs = [r.export_weights.remote(exclude) for r in self.ranks]
+    def export_weights(
+        self, exclude: tuple[str, ...] = (), bucket_mb: float = 256
+    ) -> ray.ObjectRef:
+        """Gather once; an ObjectRef to rank 0's list of weight buckets (ship it to rollout
+        workers: it goes through the object store once, whatever their number)."""
+        refs = [r.export_weights.remote(exclude, bucket_mb) for r in self.ranks]
         ray.wait(refs, num_returns=len(refs), timeout=TIMEOUT_S)
         return refs[0]
+
+    def last_export_size(self) -> dict[str, int]:
+        return ray.get(self.ranks[0].last_export_size.remote(), timeout=TIMEOUT_S)
 
     def save(self, path: str) -> None:
         self._all("save", path)

@@ -58,10 +58,13 @@ class Run:
             self.tokenizer.eos_token_id
         ]
 
-    def sync_weights(self) -> None:
-        """Learner -> rollout worker: one gather on the learner, one blob through Ray."""
-        blob = self.learner.export_weights()
-        ray.get(self.rollout.update_weights.remote(blob), timeout=600)
+    def sync_weights(self) -> dict[str, int]:
+        """Learner -> rollout worker: one gather on the learner, buckets of about
+        ``rollout.sync_bucket_mb`` through Ray's object store, reloaded one by one.
+        Returns the sync's bytes and buckets."""
+        buckets = self.learner.export_weights(bucket_mb=self.recipe.rollout.sync_bucket_mb)
+        ray.get(self.rollout.update_weights.remote(buckets), timeout=600)
+        return self.learner.last_export_size()
 
     def close(self) -> None:
         self.pool.close()

@@ -82,6 +82,28 @@ def pack_weights(named: Iterable[tuple[str, torch.Tensor]]) -> bytes:
     return save({k: v.detach().contiguous() for k, v in named})
 
 
+def _layer_of(name: str) -> str:
+    """The unit a bucket never splits: ``model.layers.<i>`` (so all experts of a MoE layer,
+    which vLLM-CPU repacks together after a reload, arrive together), or the tensor itself."""
+    parts = name.split(".")
+    return ".".join(parts[:3]) if parts[:2] == ["model", "layers"] else name
+
+
+def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -> list[bytes]:
+    """Serialise ``(name, tensor)`` pairs into safetensors blobs of about ``bucket_bytes``
+    each, cut only between layers (a layer larger than the bound is one bucket)."""
+    buckets: list[list[tuple[str, torch.Tensor]]] = [[]]
+    size, unit = 0, None
+    for name, tensor in named:
+        nbytes = tensor.numel() * tensor.element_size()
+        if buckets[-1] and _layer_of(name) != unit and size + nbytes > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append((name, tensor))
+        size, unit = size + nbytes, _layer_of(name)
+    return [pack_weights(bucket) for bucket in buckets if bucket]
+
+
 class VLLMEngine:
     """Owns one ``vllm.LLM``. Build it where it will live (a Ray actor, or a test process)."""
 
@@ -179,10 +201,13 @@ class VLLMEngine:
             for out, seq, p in zip(outs, sequences, prompt_lens, strict=True)
         ]
 
-    def update_weights(self, blob: bytes) -> int:
-        """Load new weights in place from a ``pack_weights`` blob (checkpoint names, any
-        subset of the model's tensors); returns the number of tensors loaded."""
-        return sum(self.llm.collective_rpc(_reload, args=(blob,)))
+    def update_weights(self, blobs: bytes | Sequence[bytes]) -> int:
+        """Load new weights in place from ``pack_weights`` / ``pack_buckets`` blobs (checkpoint
+        names, any subset of the model's tensors), one bucket at a time; returns the number
+        of tensors loaded."""
+        if isinstance(blobs, bytes):
+            blobs = [blobs]
+        return sum(sum(self.llm.collective_rpc(_reload, args=(blob,))) for blob in blobs)
 
     def fingerprint(self) -> dict[str, str]:
         """A hash of every tensor the engine computes with (in its own, e.g. prepacked,

@@ -52,6 +52,7 @@ def test_sft_then_grpo_end_to_end(rollout_worker, tiny_policy_dir, tmp_path):
     assert [r["step"] for r in grpo] == [1, 2, 3]
     for r in grpo:
         assert r["reward_errors"] == 0 and r["time_sync"] > 0
+        assert r["sync_bytes"] > 12e6 and r["sync_buckets"] == 1  # 3.09M fp32 params, 256 MB
     learned = [r for r in grpo if r["rows_learned"]]
     assert learned, "no learning signal in the test"
     for r in learned:

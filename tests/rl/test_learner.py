@@ -34,7 +34,9 @@ def train_a_little(model_dir, world_size):
             temperature=1.0,
             max_grad_norm=1.0,
         )
-        weights = load(ray.get(group.export_weights()))
+        weights = {
+            k: v for bucket in ray.get(group.export_weights()) for k, v in load(bucket).items()
+        }
         return sft, grpo, weights
     finally:
         group.shutdown()
@@ -60,3 +62,23 @@ def test_padding_rows_change_no_loss_or_gradient():
     assert len(padded) == len(batch) + 3 and padded.loss_mask[-3:].sum() == 0
     assert padded.advantages[-3:].abs().sum() == 0
     assert torch.equal(padded.input_ids[: len(batch)], batch.input_ids)
+
+
+def test_no_grad_forward_before_the_optimizer_keeps_checkpoints_working(
+    ray_cluster, tiny_policy_dir, tmp_path
+):
+    """FSDP2 leaves the root module's parameters unsharded after a forward until backward
+    reshards them; a no-grad forward (old or reference logprobs, the start-of-run parity
+    check) before the optimizer is built once made it hold the unsharded tensors, and the
+    first checkpoint failed (KeyError in get_state_dict). The learner reshards after
+    no-grad forwards."""
+    group = LearnerGroup(tiny_policy_dir, 2, threads=1, seed=0)
+    try:
+        group.logprobs(batches(), 64, 1.0)
+        group.configure_optimizer(1e-3)
+        group.sft_step(batches(), lr=1e-3, micro_batch_size=4)
+        group.logprobs(batches(), 64, 1.0)
+        group.save_state(str(tmp_path / "state"))
+        group.load_state(str(tmp_path / "state"))
+    finally:
+        group.shutdown()

@@ -37,4 +37,4 @@ def test_fsdp2_nccl_bf16_learns_and_agrees_with_fp32(tmp_path):
         rank.shutdown()
     assert losses[0] == pytest.approx(ref, rel=2e-2)  # bf16 compute vs fp32
     assert losses[-1] < 0.8 * losses[0], losses
-    assert blob and len(blob) > 1e6
+    assert blob and sum(len(bucket) for bucket in blob) > 1e6

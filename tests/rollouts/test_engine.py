@@ -3,9 +3,10 @@
 import pytest
 import ray
 import torch
+from safetensors.torch import load
 
 from model import load_policy, to_vllm_weights
-from rollouts.engine import pack_weights
+from rollouts.engine import _layer_of, pack_buckets, pack_weights
 from tests.parity import teacher_forced
 
 pytestmark = pytest.mark.slow
@@ -74,6 +75,28 @@ def test_reload_is_exact_for_every_tensor_experts_and_mla_included(rollout_worke
     assert any("w13_weight" in k for k in moved) and any("kv_b_proj" in k for k in moved)
     assert any("W_UK_T" in k or "W_UV" in k for k in moved)  # MLA's absorbed projections
     ray.get(rollout_worker.update_weights.remote(base))
+    after = ray.get(rollout_worker.fingerprint.remote())
+    assert {k for k in before if before[k] != after[k]} == set()
+
+
+def test_bucketed_sync_is_cut_between_layers_and_exact(rollout_worker, tiny_policy_dir):
+    """Buckets bound what one reload holds; they never split a layer (vLLM-CPU repacks a MoE
+    layer's experts together), and loading them one by one equals loading one blob."""
+    model, _ = load_policy(tiny_policy_dir)
+    named = list(to_vllm_weights(model.state_dict().items()))
+    ray.get(rollout_worker.update_weights.remote(pack_weights(named)))
+    before = ray.get(rollout_worker.fingerprint.remote())
+    ray.get(
+        rollout_worker.update_weights.remote(
+            pack_weights(to_vllm_weights(perturbed(model).items()))
+        )
+    )
+    buckets = pack_buckets(named, bucket_bytes=2**20)
+    layers = [{_layer_of(k) for k in load(b)} for b in buckets]
+    assert len(buckets) >= 4
+    for i, a in enumerate(layers):  # no layer in two buckets
+        assert all(not (a & b) for b in layers[i + 1 :])
+    assert ray.get(rollout_worker.update_weights.remote(buckets)) == len(named)
     after = ray.get(rollout_worker.fingerprint.remote())
     assert {k for k in before if before[k] != after[k]} == set()
 
