@@ -15,6 +15,16 @@ from model.lora import (
     merged_state_dict,
     state_dict_nbytes,
 )
+from model.moe import (
+    RoutingRecorder,
+    RoutingReplay,
+    expert_load,
+    gate_weights,
+    moe_routers,
+    routing_agreement,
+    routing_agreement_by_layer,
+    update_router_bias,
+)
 from model.presets import PRESETS, preset_config
 from model.tokenizer import build_char_tokenizer
 from model.weights import to_vllm_weights
@@ -22,17 +32,25 @@ from model.weights import to_vllm_weights
 __all__ = [
     "FAMILIES",
     "PRESETS",
+    "RoutingRecorder",
+    "RoutingReplay",
     "adapter_state_dict",
     "apply_lora",
     "build_char_tokenizer",
+    "expert_load",
+    "gate_weights",
     "load_lora",
     "load_policy",
     "lora_target_names",
     "lora_targets_report",
     "merged_state_dict",
+    "moe_routers",
     "new_policy",
     "preset_config",
+    "routing_agreement",
+    "routing_agreement_by_layer",
     "save_policy",
     "state_dict_nbytes",
     "to_vllm_weights",
+    "update_router_bias",
 ]
