@@ -1,0 +1,202 @@
+"""LoRA on DeepSeek-V3 policies through peft, with targets named explicitly by family.
+
+A family is a set of weights, named by a regex over the transformers model's own names:
+
+- ``attention``: MLA's ``q_a_proj q_b_proj kv_a_proj_with_mqa kv_b_proj o_proj`` (and ``q_proj``,
+  ``k_proj``, ``v_proj`` where a model has them) of every layer.
+- ``dense_mlp``: ``mlp.gate_proj up_proj down_proj`` of the dense layers (DeepSeek-V3's first
+  ``first_k_dense_replace`` layers; every layer of a dense model).
+- ``shared_experts``: ``mlp.shared_experts.gate_proj up_proj down_proj`` of the MoE layers.
+- ``routed_experts``: the fused 3-D expert weights ``mlp.experts.gate_up_proj`` (E, 2I, H) and
+  ``mlp.experts.down_proj`` (E, H, I), adapted through peft's ``target_parameters``
+  (``lora.ParamWrapper``): each expert gets its own rank-``r`` pair, and ``gate_up_proj`` gets one
+  pair for gate and up together. peft supports no dropout there (``dropout`` must be 0).
+
+Why the names are built here: peft 0.21, on transformers 5, rewrites every target ending in
+``gate_proj``/``up_proj``/``down_proj`` of a DeepSeek-V3 model (even a full module name, even a
+regex) into ``target_parameters`` on the routed experts, for loading v4-era adapters. The dense
+and shared-expert MLPs then get no adapter, and the routed experts get one nobody asked for.
+``apply_lora`` and ``load_lora`` pass exact names and switch that rewrite off, so peft never
+guesses; ``lora_targets_report`` says which weights got adapters.
+
+For a rollout engine, ``merged_state_dict`` gives ``W + (alpha / r) B @ A`` in the base model's
+names (``to_vllm_weights`` then splits the experts); ``adapter_state_dict`` is what a sync of only
+the adapter would move.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from unittest import mock
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft.tuners.lora import LoraLayer, ParamWrapper
+from peft.utils import transformers_weight_conversion
+from torch import nn
+
+_LAYER = r"model\.layers\.\d+"
+FAMILIES: dict[str, str] = {
+    "attention": _LAYER + r"\.self_attn\.(q_proj|k_proj|v_proj|q_a_proj|q_b_proj"
+    r"|kv_a_proj_with_mqa|kv_b_proj|o_proj)",
+    "dense_mlp": _LAYER + r"\.mlp\.(gate_proj|up_proj|down_proj)",
+    "shared_experts": _LAYER + r"\.mlp\.shared_experts\.(gate_proj|up_proj|down_proj)",
+    "routed_experts": _LAYER + r"\.mlp\.experts\.(gate_up_proj|down_proj)",
+}
+"""Family name -> regex (``re.fullmatch``) over the base model's module or parameter names."""
+
+_PARAMETER_FAMILIES = {"routed_experts"}  # 3-D parameters, not nn.Linear modules
+_ADAPTER_TENSOR = re.compile(r"\.lora_[A-Za-z_]+\.")
+
+
+@contextmanager
+def _explicit_targets() -> Iterator[None]:
+    """Switch off peft's v4->v5 MoE target rewrite (see the module docstring) for this block."""
+    with mock.patch.object(
+        transformers_weight_conversion,
+        "convert_peft_config_for_transformers",
+        lambda *args, **kwargs: None,
+    ):
+        yield
+
+
+def lora_target_names(model: nn.Module, targets: list[str]) -> tuple[list[str], list[str]]:
+    """``(module names, parameter names)`` of ``model`` that the families ``targets`` select.
+
+    Module names are ``nn.Linear`` layers; parameter names are 3-D expert weights. Raises
+    ValueError for an unknown family, naming the known ones, and for a family that selects
+    nothing in this model (e.g. ``dense_mlp`` on a model whose every layer is MoE).
+    """
+    unknown = [t for t in targets if t not in FAMILIES]
+    if unknown or not targets:
+        raise ValueError(f"unknown LoRA target families {unknown}; known: {sorted(FAMILIES)}")
+    modules: list[str] = []
+    parameters: list[str] = []
+    for family in targets:
+        pattern = re.compile(FAMILIES[family])
+        if family in _PARAMETER_FAMILIES:
+            found = [n for n, p in model.named_parameters() if pattern.fullmatch(n) and p.ndim == 3]
+            parameters += found
+        else:
+            found = [
+                n
+                for n, m in model.named_modules()
+                if pattern.fullmatch(n) and isinstance(m, nn.Linear)
+            ]
+            modules += found
+        if not found:
+            raise ValueError(f"LoRA target family {family!r} selects nothing in this model")
+    return modules, parameters
+
+
+def apply_lora(
+    model: nn.Module, *, r: int, alpha: float, targets: list[str], dropout: float = 0.0
+) -> PeftModel:
+    """Wrap ``model`` (in place) in a peft LoRA adapter on exactly the families ``targets``.
+
+    The scale is ``alpha / r``; B starts at zero, so the wrapped model starts equal to ``model``.
+    The base weights are frozen; only the adapter trains. ``dropout`` applies to the input of
+    each adapted ``nn.Linear`` and must be 0 when ``routed_experts`` is targeted (peft cannot
+    drop out the input of a 3-D expert weight).
+    """
+    if isinstance(model, PeftModel):
+        raise TypeError("model already carries a peft adapter; pass the plain transformers model")
+    if dropout and "routed_experts" in targets:
+        raise ValueError(
+            "LoRA dropout is not supported on the routed experts (peft's ParamWrapper adapts "
+            "the 3-D weight, not a layer input); use dropout=0.0 or leave out 'routed_experts'"
+        )
+    modules, parameters = lora_target_names(model, targets)
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=modules,
+        target_parameters=parameters or None,
+        bias="none",
+    )
+    with _explicit_targets():
+        return get_peft_model(model, config)
+
+
+def load_lora(model: nn.Module, path: str | Path, *, is_trainable: bool = False) -> PeftModel:
+    """Load an adapter saved by ``PeftModel.save_pretrained`` onto ``model``, on the same targets.
+
+    Plain ``PeftModel.from_pretrained`` would re-run peft's MoE target rewrite on the saved
+    names and fail (or silently adapt other weights) for MLP targets.
+    """
+    with _explicit_targets():
+        return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
+
+
+def _adapted(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
+    """``(base name of the adapted weight, peft layer)`` for every LoRA layer in ``model``.
+
+    The base name is the weight's name in the plain model: ``...o_proj.weight`` for a linear,
+    ``...mlp.experts.gate_up_proj`` for a 3-D expert weight.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, LoraLayer) and len(module.lora_A) > 0:
+            base = name.replace(".base_layer", "")
+            if isinstance(module, ParamWrapper):
+                yield f"{base}.{module.parameter_name}", module
+            else:
+                yield f"{base}.weight", module
+
+
+def _base_model(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def lora_targets_report(model: nn.Module) -> dict[str, list[str]]:
+    """``{family: sorted names of the adapted modules (or 3-D parameters)}`` for a LoRA model.
+
+    Every family of ``FAMILIES`` is a key (an empty list when none of its weights has an
+    adapter), plus ``"other"`` for adapters outside every family.
+    """
+    report: dict[str, list[str]] = {family: [] for family in [*FAMILIES, "other"]}
+    for weight_name, module in _adapted(_base_model(model)):
+        name = weight_name if isinstance(module, ParamWrapper) else weight_name[: -len(".weight")]
+        family = next((f for f, p in FAMILIES.items() if re.fullmatch(p, name)), "other")
+        report[family].append(name)
+    return {family: sorted(names) for family, names in report.items()}
+
+
+@torch.no_grad()
+def merged_state_dict(peft_model: PeftModel, adapter: str = "default") -> dict[str, torch.Tensor]:
+    """The base model's state dict with ``adapter`` merged in, without touching the model.
+
+    Keys are the plain transformers model's (``model.layers.1.self_attn.o_proj.weight``,
+    ``model.layers.1.mlp.experts.gate_up_proj``, ...). Each adapted weight is a new tensor
+    ``W + (alpha / r) * B @ A`` (per expert for the 3-D weights); every other tensor is the live
+    parameter or buffer itself, detached (copy it before changing it). Under FSDP2 the caller
+    gathers full tensors first.
+    """
+    base = peft_model.get_base_model()
+    merged = {
+        name.replace(".base_layer", ""): tensor.detach()
+        for name, tensor in base.state_dict().items()
+        if not _ADAPTER_TENSOR.search(name)
+    }
+    for name, module in _adapted(base):
+        if adapter in module.lora_A:
+            merged[name] = merged[name] + module.get_delta_weight(adapter)
+    return merged
+
+
+def adapter_state_dict(peft_model: PeftModel, adapter: str = "default") -> dict[str, torch.Tensor]:
+    """Only the adapter's tensors (peft's saved naming, loadable by ``set_peft_model_state_dict``)."""
+    state = get_peft_model_state_dict(peft_model, adapter_name=adapter)
+    return {name: tensor.detach() for name, tensor in state.items()}
+
+
+def state_dict_nbytes(state: Mapping[str, torch.Tensor]) -> int:
+    """Total bytes of the tensors of ``state`` (what a weight sync of it moves).
+
+    >>> state_dict_nbytes({"a": torch.zeros(2, 3), "b": torch.zeros(4, dtype=torch.bfloat16)})
+    32
+    """
+    return sum(t.numel() * t.element_size() for t in state.values())
