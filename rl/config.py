@@ -196,6 +196,14 @@ class RayConfig:
 
 
 @dataclass
+class MoEConfig:
+    bias_update_rate: float = 0.0
+    """Auxiliary-loss-free balancing during RL: after each GRPO step every MoE layer's
+    e_score_correction_bias moves by this rate times sign(mean load - expert load), from the
+    step's global expert load (DeepSeek-V3 used 1e-3 in pre-training). 0: off."""
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 50
     """Steps between resumable checkpoints (sharded model + optimizer, driver state) in each
@@ -225,6 +233,7 @@ class Recipe:
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    moe: MoEConfig = field(default_factory=MoEConfig)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -320,6 +329,7 @@ def _check(recipe: Recipe, source: str) -> None:
         (recipe.checkpoint.every >= 0, "checkpoint.every", ">= 0"),
         (recipe.grpo.ratio_level in RATIO_LEVELS, "grpo.ratio_level", "token or sequence"),
         (recipe.grpo.kl_coef >= 0, "grpo.kl_coef", ">= 0"),
+        (recipe.moe.bias_update_rate >= 0, "moe.bias_update_rate", ">= 0"),
         (recipe.grpo.kl_estimator in KL_ESTIMATORS, "grpo.kl_estimator", "k1, k2 or k3"),
         (recipe.grpo.kl_in in ("loss", "reward"), "grpo.kl_in", "loss or reward"),
         (

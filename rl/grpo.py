@@ -29,6 +29,7 @@ from rl.advantages import compute_advantages
 from rl.batch import Batch, make_batch, shard_rows
 from rl.checkpoint import DataOrder
 from rl.losses import kl_in_reward, kl_penalty
+from rl.metrics import expert_load_summary
 from rl.schedule import lr_at
 from rl.setup import Run
 
@@ -248,7 +249,16 @@ def update_policy(run: Run, batch: Batch, lr: float, step: int) -> dict:
                     batch.select(rows), lr, learner_cfg.micro_batch_size, **options
                 )
             )
-    return _combine_updates(updates, cfg.mini_batches)
+    metrics = _combine_updates(updates, cfg.mini_batches)
+    loads = [u["expert_load"] for u in updates[: cfg.mini_batches] if "expert_load" in u]
+    if loads:  # a MoE policy: each row's routing once (the first pass)
+        metrics.update(expert_load_summary(loads))
+        rate = run.recipe.moe.bias_update_rate
+        if rate > 0:
+            run.learner.update_router_bias(
+                {int(k): v for k, v in metrics["expert_load"].items()}, rate
+            )
+    return metrics
 
 
 def _kl_in_loss(cfg) -> dict | None:

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from model.moe import RoutingRecorder, expert_load, update_router_bias
 from rl.batch import Batch
 from rl.fsdp import apply_fsdp
 from rl.logprobs import token_logprobs
@@ -203,11 +204,19 @@ class LearnerRank:
         sums.update(lp_diff_max=0.0, ratio_min=float("inf"), ratio_max=0.0, is_weight_max=0.0)
         entropy_coef = loss_cfg.get("entropy_coef", 0.0)
         denominators = {"num_tokens": num_tokens, "num_seqs": num_seqs}
+        load: dict[int, torch.Tensor] = {}
         for mb in self._micro_batches(batch, micro_batch_size):
             ids, attn, mask = (self._to(t) for t in (mb.input_ids, mb.attention_mask, mb.loss_mask))
-            lp, entropy = token_logprobs(
-                self.model, ids, attn, temperature, with_entropy=True, entropy_grad=entropy_coef > 0
-            )
+            with RoutingRecorder(self.model) as routing:
+                lp, entropy = token_logprobs(
+                    self.model,
+                    ids,
+                    attn,
+                    temperature,
+                    with_entropy=True,
+                    entropy_grad=entropy_coef > 0,
+                )
+            _add_load(load, routing.records, attn, self.model.config)
             old = lp.detach() if mb.old_logprobs is None else self._to(mb.old_logprobs)
             rollout = self._to(mb.rollout_logprobs)
             weights = None
@@ -253,6 +262,7 @@ class LearnerRank:
                 sums["is_capped_sum"] += float(wm["mismatch_capped_frac"]) * n
                 sums["is_weight_max"] = max(sums["is_weight_max"], float(wm["mismatch_weight_max"]))
             sums["tokens"] += n
+        sums["expert_load"] = load  # {layer: tokens per expert}, this rank's rows
         if gradients_only:  # leave the weights alone; return the full gradient instead
             sums["gradients"] = {
                 name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).cpu()
@@ -263,6 +273,12 @@ class LearnerRank:
             return sums
         sums["grad_norm"] = self._step(lr, max_grad_norm)
         return sums
+
+    @torch.no_grad()
+    def update_router_bias(self, load: dict[int, torch.Tensor], rate: float) -> None:
+        """Auxiliary-loss-free balancing from the *global* expert load (every rank gets the
+        same counts, so the replicated biases stay equal)."""
+        update_router_bias(self.model, load, rate)
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -344,3 +360,14 @@ class LearnerRank:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _add_load(
+    total: dict[int, torch.Tensor], records: dict, attention_mask: Tensor, config: Any
+) -> None:
+    """Add one forward's tokens per expert (padding left out) to ``total``, per MoE layer."""
+    n_experts = getattr(config, "n_routed_experts", None)
+    if not records or not n_experts:
+        return
+    for layer, (counts, _) in expert_load(records, n_experts, mask=attention_mask).items():
+        total[layer] = total.get(layer, 0) + counts

@@ -137,6 +137,7 @@ class LearnerGroup:
         }
         if kl:
             metrics["kl_loss"] = sum(o["kl"] for o in outs)
+        metrics.update(_expert_load_metrics(outs))
         if gradients_only:
             metrics["gradients"] = outs[0]["gradients"]
         if mismatch:
@@ -153,6 +154,9 @@ class LearnerGroup:
         refs = [r.export_weights.remote(exclude, bucket_mb) for r in self.ranks]
         ray.wait(refs, num_returns=len(refs), timeout=TIMEOUT_S)
         return refs[0]
+
+    def update_router_bias(self, load: dict[int, list[int]], rate: float) -> None:
+        self._all("update_router_bias", {k: torch.tensor(v) for k, v in load.items()}, rate)
 
     def last_export_size(self) -> dict[str, int]:
         return ray.get(self.ranks[0].last_export_size.remote(), timeout=TIMEOUT_S)
@@ -172,3 +176,18 @@ class LearnerGroup:
         finally:
             for r in self.ranks:
                 ray.kill(r)
+
+
+def _expert_load_metrics(outs: list[dict]) -> dict[str, Any]:
+    """Tokens per routed expert, summed over ranks, per MoE layer (absent for dense policies)."""
+    layers = sorted({layer for o in outs for layer in o["expert_load"]})
+    if not layers:
+        return {}
+    return {
+        "expert_load": {
+            str(layer): sum(
+                o["expert_load"][layer] for o in outs if layer in o["expert_load"]
+            ).tolist()
+            for layer in layers
+        }
+    }

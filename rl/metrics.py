@@ -38,6 +38,32 @@ class MetricsLog:
         self._file.close()
 
 
+def expert_load_summary(loads: list[dict[str, list[int]]]) -> dict:
+    """Sum per-layer tokens-per-expert counts and add each layer's coefficient of variation
+    (population std / mean: 0 for an even load, sqrt(E - 1) when one expert takes all).
+
+    >>> expert_load_summary([{"1": [3, 1]}, {"1": [1, 3]}])["expert_load_cv"]
+    {'1': 0.0}
+    """
+    total: dict[str, list[int]] = {}
+    for load in loads:
+        for layer, counts in load.items():
+            total[layer] = [
+                a + b for a, b in zip(total.get(layer, [0] * len(counts)), counts, strict=True)
+            ]
+    cv = {}
+    for layer, counts in total.items():
+        mean = sum(counts) / len(counts)
+        std = math.sqrt(sum((c - mean) ** 2 for c in counts) / len(counts))
+        cv[layer] = std / mean if mean > 0 else None
+    known = [v for v in cv.values() if v is not None]
+    return {
+        "expert_load": total,
+        "expert_load_cv": cv,
+        "expert_load_cv_mean": sum(known) / len(known) if known else None,
+    }
+
+
 def read_metrics(path: Path) -> list[dict]:
     with Path(path).open() as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -125,6 +125,7 @@ def test_dapo_with_kl_mismatch_correction_and_mini_batches(
             "grpo.mini_batches=2",
             "grpo.kl_coef=0.05",
             "grpo.mismatch_correction=token",
+            "moe.bias_update_rate=0.01",
             "eval.max_new_tokens=16",
         ],
     )
@@ -143,3 +144,14 @@ def test_dapo_with_kl_mismatch_correction_and_mini_batches(
         assert r["optimizer_steps"] <= 2 and r["is_weight_mean"] > 0 and r["kl_loss"] >= 0
     # step 1 starts at the reference: KL 0 up to the engine's numerics; then the policy moves
     assert grpo[0]["kl"] < 1e-4 and grpo[-1]["kl"] > grpo[0]["kl"]
+    # expert load of the 3 MoE layers (the first is dense), top-2 of 8 routed experts
+    for r in learned:
+        assert sorted(r["expert_load"]) == ["1", "2", "3"]
+        assert all(len(c) == 8 for c in r["expert_load"].values())
+        assert len({sum(c) for c in r["expert_load"].values()}) == 1  # same tokens, each layer
+        assert r["expert_load_cv_mean"] >= 0
+    # loss-free balancing moved the router biases (0 at init) by +-0.01 per step with a load
+    final, _ = load_policy(tmp_path / "checkpoints" / "grpo")
+    bias = final.model.layers[1].mlp.gate.e_score_correction_bias
+    assert 0 < bias.abs().max() <= 0.01 * len(learned) + 1e-6
+    assert torch.allclose(bias * 100, (bias * 100).round(), atol=1e-4)  # whole steps of 0.01
