@@ -200,3 +200,34 @@ def state_dict_nbytes(state: Mapping[str, torch.Tensor]) -> int:
     32
     """
     return sum(t.numel() * t.element_size() for t in state.values())
+
+
+_PEFT_PREFIX = "base_model.model."
+
+
+def merge_full_state(state: Mapping[str, torch.Tensor], scale: float) -> dict[str, torch.Tensor]:
+    """A gathered peft state dict (``get_model_state_dict`` of a LoRA model, e.g. under FSDP2)
+    as the plain model's, adapters merged: ``W = base_layer.weight + scale * B @ A`` for every
+    ``nn.Linear`` adapter, ``scale = alpha / r``. 3-D expert adapters are not handled (raise).
+
+    >>> s = {"base_model.model.x.base_layer.weight": torch.zeros(2, 2),
+    ...      "base_model.model.x.lora_A.default.weight": torch.ones(1, 2),
+    ...      "base_model.model.x.lora_B.default.weight": torch.ones(2, 1)}
+    >>> merge_full_state(s, 0.5)["x.weight"].tolist()
+    [[0.5, 0.5], [0.5, 0.5]]
+    """
+    merged: dict[str, torch.Tensor] = {}
+    for name, tensor in state.items():
+        name = name.removeprefix(_PEFT_PREFIX)
+        if _ADAPTER_TENSOR.search(name):
+            continue
+        if ".base_layer." in name:
+            module = name.split(".base_layer.")[0]
+            a = state.get(f"{_PEFT_PREFIX}{module}.lora_A.default.weight")
+            b = state.get(f"{_PEFT_PREFIX}{module}.lora_B.default.weight")
+            if a is None or b is None:
+                raise ValueError(f"{name}: no lora_A/lora_B next to it (a 3-D expert adapter?)")
+            tensor = tensor + scale * (b.to(tensor.dtype) @ a.to(tensor.dtype))
+            name = name.replace(".base_layer.", ".")
+        merged[name] = tensor
+    return merged

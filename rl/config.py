@@ -196,6 +196,20 @@ class RayConfig:
 
 
 @dataclass
+class LoRAConfig:
+    r: int = 0
+    """LoRA rank; 0 trains every weight (full fine-tuning)."""
+    alpha: float = 16.0
+    """LoRA scale numerator: the adapter adds (alpha / r) B A."""
+    targets: list[str] = field(default_factory=lambda: ["attention", "shared_experts", "dense_mlp"])
+    """Weight families that get adapters (model/lora.py): attention (MLA projections),
+    shared_experts, dense_mlp. routed_experts trains in model/lora.py but the learner cannot
+    yet merge 3-D expert adapters for the sync."""
+    dropout: float = 0.0
+    """LoRA dropout."""
+
+
+@dataclass
 class MoEConfig:
     bias_update_rate: float = 0.0
     """Auxiliary-loss-free balancing during RL: after each GRPO step every MoE layer's
@@ -234,6 +248,10 @@ class Recipe:
     ray: RayConfig = field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+
+LEARNER_LORA_FAMILIES = ("attention", "shared_experts", "dense_mlp")
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -330,6 +348,13 @@ def _check(recipe: Recipe, source: str) -> None:
         (recipe.grpo.ratio_level in RATIO_LEVELS, "grpo.ratio_level", "token or sequence"),
         (recipe.grpo.kl_coef >= 0, "grpo.kl_coef", ">= 0"),
         (recipe.moe.bias_update_rate >= 0, "moe.bias_update_rate", ">= 0"),
+        (recipe.lora.r >= 0, "lora.r", ">= 0"),
+        (
+            recipe.lora.r == 0
+            or (recipe.lora.targets and set(recipe.lora.targets) <= set(LEARNER_LORA_FAMILIES)),
+            "lora.targets",
+            f"a non-empty list of {LEARNER_LORA_FAMILIES}",
+        ),
         (recipe.grpo.kl_estimator in KL_ESTIMATORS, "grpo.kl_estimator", "k1, k2 or k3"),
         (recipe.grpo.kl_in in ("loss", "reward"), "grpo.kl_in", "loss or reward"),
         (

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import socket
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,10 @@ class LearnerRank:
         backend: str = "auto",
         threads: int | None = None,
         seed: int = 0,
+        lora: dict[str, Any] | None = None,
     ) -> None:
         self.rank, self.world_size, self.model_dir = rank, world_size, model_dir
-        self.dtype, self.seed = dtype, seed
+        self.dtype, self.seed, self.lora = dtype, seed, lora
         self.backend = (
             backend if backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
         )
@@ -87,6 +89,14 @@ class LearnerRank:
         mesh = dist.device_mesh.init_device_mesh(device, (self.world_size,))
         torch.manual_seed(self.seed)
         model, self.tokenizer = load_policy(self.model_dir, dtype="float32")
+        if self.lora:  # adapters on the chosen families, everything else frozen
+            from model.lora import apply_lora, lora_target_names
+
+            adapted, _ = lora_target_names(model, self.lora["targets"])
+            # what a sync moves: the merged adapted weights, and buffers (router biases)
+            self._lora_synced = {f"{m}.weight" for m in adapted}
+            self._lora_synced |= {name for name, _ in model.named_buffers()}
+            model = apply_lora(model, **self.lora)
         model.to(device)
         param_dtype = torch.bfloat16 if self.dtype == "bfloat16" else None
         apply_fsdp(model, mesh, param_dtype=param_dtype)
@@ -94,7 +104,10 @@ class LearnerRank:
         return sum(p.numel() for p in model.parameters())
 
     def snapshot_reference(self) -> None:
-        """Freeze a copy of the current weights (same sharding) as the KL reference policy."""
+        """Freeze a copy of the current weights (same sharding) as the KL reference policy.
+        With LoRA the reference is the model with its adapters disabled: nothing to copy."""
+        if self.lora:
+            return
         from torch.distributed.checkpoint.state_dict import (
             get_model_state_dict,
             set_model_state_dict,
@@ -117,7 +130,10 @@ class LearnerRank:
         """A fresh AdamW (each stage starts its own optimizer state)."""
         self._reshard()
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=lr,
+            betas=(0.9, 0.99),
+            weight_decay=weight_decay,
         )
 
     def _micro_batches(self, batch: Batch, size: int):
@@ -162,17 +178,19 @@ class LearnerRank:
     ) -> Tensor:
         """(B, T-1) logprobs of this rank's rows (no grad), 0 off the mask: under the current
         weights (old logprobs of a multi-update step) or the frozen reference policy's."""
-        model = self.reference if reference else self.model
+        model = self.reference if reference and not self.lora else self.model
         if model is None:
             raise RuntimeError("no reference policy: call snapshot_reference() first")
+        adapters_off = self.model.disable_adapter() if reference and self.lora else nullcontext()
         out = torch.zeros_like(batch.loss_mask)
-        for start in range(0, len(batch), micro_batch_size):
-            mb = batch.select(slice(start, start + micro_batch_size)).trimmed()
-            lp = token_logprobs(
-                model, self._to(mb.input_ids), self._to(mb.attention_mask), temperature
-            )
-            lp = torch.where(self._to(mb.loss_mask) > 0, lp, 0.0).cpu()
-            out[start : start + len(mb), : lp.shape[1]] = lp
+        with adapters_off:
+            for start in range(0, len(batch), micro_batch_size):
+                mb = batch.select(slice(start, start + micro_batch_size)).trimmed()
+                lp = token_logprobs(
+                    model, self._to(mb.input_ids), self._to(mb.attention_mask), temperature
+                )
+                lp = torch.where(self._to(mb.loss_mask) > 0, lp, 0.0).cpu()
+                out[start : start + len(mb), : lp.shape[1]] = lp
         model.reshard()
         return out
 
@@ -284,7 +302,12 @@ class LearnerRank:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_model_state_dict(self.model, options=options)  # gathered on rank 0 only
+        state = get_model_state_dict(self.model, options=options)  # gathered on rank 0 only
+        if self.lora and self.rank == 0:  # the plain model's weights, adapters merged in
+            from model.lora import merge_full_state
+
+            state = merge_full_state(state, self.lora["alpha"] / self.lora["r"])
+        return state
 
     def export_weights(
         self, exclude: tuple[str, ...] = (), bucket_mb: float = 256
@@ -299,6 +322,8 @@ class LearnerRank:
         state = self._full_state_dict()
         if self.rank != 0:
             return None
+        if self.lora:  # only the adapted weights (and buffers) change: sync just those
+            state = {k: v for k, v in state.items() if k in self._lora_synced}
         kept = [(k, v) for k, v in state.items() if not any(part in k for part in exclude)]
         buckets = pack_buckets(to_vllm_weights(kept), int(bucket_mb * 2**20))
         self.last_export = {"sync_bytes": sum(map(len, buckets)), "sync_buckets": len(buckets)}

@@ -26,12 +26,20 @@ class LearnerGroup:
         threads: int | None = None,
         seed: int = 0,
         num_gpus_per_rank: float = 0,
+        lora: dict[str, Any] | None = None,
     ) -> None:
         actor = ray.remote(num_cpus=0, num_gpus=num_gpus_per_rank)(LearnerRank)
         self.world_size = world_size
         self.ranks = [
             actor.remote(
-                r, world_size, model_dir, dtype=dtype, backend=backend, threads=threads, seed=seed
+                r,
+                world_size,
+                model_dir,
+                dtype=dtype,
+                backend=backend,
+                threads=threads,
+                seed=seed,
+                lora=lora,
             )
             for r in range(world_size)
         ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,7 @@ def start_run(
         backend=lc.backend,
         threads=threads,
         seed=recipe.seed,
+        lora=asdict(recipe.lora) if recipe.lora.r > 0 else None,
     )
     pool = RewardPool(recipe.rewards.weights, recipe.rewards.workers, recipe.rewards.timeout_s)
     accuracy_pool = RewardPool(
@@ -220,6 +221,7 @@ def print_plan(run: Run, model_dir: Path, setup_s: float) -> None:
         f"(denominator: {denominator}), clip [{1 - g.clip_low:g}, {1 + g.clip_high:g}], "
         f"old logprobs: {g.old_logprobs if g.epochs * g.mini_batches > 1 else 'on-policy'}, "
         f"{_kl_plan(g)}, lr {g.lr:g} ({g.lr_schedule})\n"
+        f"  {_lora_plan(r)}\n"
         f"  rewards {r.rewards.weights}, accuracy by '{r.rewards.accuracy}'; "
         f"checkpoints every {r.checkpoint.every or 'stage end'} step(s), "
         f"last {r.checkpoint.keep_last} kept"
@@ -232,4 +234,13 @@ def _kl_plan(g) -> str:
     return (
         f"KL {g.kl_estimator} x {g.kl_coef:g} in the {g.kl_in} against the frozen policy "
         "as GRPO starts"
+    )
+
+
+def _lora_plan(r) -> str:
+    if r.lora.r == 0:
+        return "full fine-tuning (every weight trains and syncs)"
+    return (
+        f"LoRA r={r.lora.r} alpha={r.lora.alpha:g} on {', '.join(r.lora.targets)}: adapters "
+        "train; the sync moves the merged adapted weights only; KL reference = adapters off"
     )

@@ -155,3 +155,46 @@ def test_dapo_with_kl_mismatch_correction_and_mini_batches(
     bias = final.model.layers[1].mlp.gate.e_score_correction_bias
     assert 0 < bias.abs().max() <= 0.01 * len(learned) + 1e-6
     assert torch.allclose(bias * 100, (bias * 100).round(), atol=1e-4)  # whole steps of 0.01
+
+
+def test_lora_trains_adapters_and_syncs_only_the_merged_adapted_weights(
+    rollout_worker, tiny_policy_dir, tmp_path
+):
+    """LoRA on attention + shared experts + the dense MLP: the learner trains adapters only,
+    the sync moves only the merged adapted weights (and buffers), and the engine still
+    computes the learner's policy (logprob diff as tight as with full weights)."""
+    recipe = load_recipe(
+        "recipes/demo.yaml",
+        [
+            f"model.path={tiny_policy_dir}",
+            "data.generator_args={n_sft: 512, n_rl: 256, n_eval: 16, seed: 6, max_terms: 2, max_digits: 1}",
+            "sft.steps=20",
+            "sft.batch_size=32",
+            "sft.lr=1e-2",
+            "grpo.steps=3",
+            "grpo.prompts_per_step=8",
+            "grpo.group_size=4",
+            "grpo.lr=1e-2",
+            "grpo.max_new_tokens=16",
+            "grpo.kl_coef=0.05",  # reference = adapters disabled
+            "eval.max_new_tokens=16",
+            "lora.r=8",
+        ],
+    )
+    train(recipe, tmp_path, rollout=rollout_worker)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    grpo = [r for r in rows if r["stage"] == "grpo"]
+    full_bytes = 12_351_200  # every tensor of tiny-dsv3 in fp32 (see model/lora.py's tests)
+    for r in grpo:
+        assert 0 < r["sync_bytes"] < 0.6 * full_bytes, r["sync_bytes"]  # MLA is half the model
+    learned = [r for r in grpo if r["rows_learned"]]
+    assert learned, "no learning signal in the test"
+    for r in learned:
+        assert r["logprob_diff_mean"] < 1e-4 and r["logprob_diff_max"] < 1e-3, r
+    assert grpo[-1]["kl"] > 0  # the adapters moved the policy away from the base model
+    sft, _ = load_policy(tmp_path / "checkpoints" / "sft")
+    init, _ = load_policy(tiny_policy_dir)
+    sft_state, init_state = sft.state_dict(), init.state_dict()
+    moved = {k for k in init_state if not torch.equal(sft_state[k], init_state[k])}
+    assert any("kv_b_proj" in k for k in moved) and any("shared_experts" in k for k in moved)
+    assert not any(".mlp.experts." in k or "embed_tokens" in k for k in moved), moved
