@@ -6,7 +6,7 @@ reward functions raise into counted zeros.
 """
 
 from .format import format_reward
-from .math import extract_answer, math_reward
+from .math import extract_answer, final_answers, math_reward
 from .pool import RewardPool, ScoreResult, stats
 from .registry import RewardDataError, RewardFn, get_reward
 
@@ -16,6 +16,7 @@ __all__ = [
     "RewardPool",
     "ScoreResult",
     "extract_answer",
+    "final_answers",
     "format_reward",
     "get_reward",
     "math_reward",
