@@ -9,6 +9,7 @@ from .format import format_reward
 from .math import extract_answer, final_answers, math_reward
 from .pool import RewardPool, ScoreResult, stats
 from .registry import RewardDataError, RewardFn, get_reward
+from .shaping import overlong_penalty
 
 __all__ = [
     "RewardDataError",
@@ -20,5 +21,6 @@ __all__ = [
     "format_reward",
     "get_reward",
     "math_reward",
+    "overlong_penalty",
     "stats",
 ]

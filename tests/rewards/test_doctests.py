@@ -6,10 +6,12 @@ import rewards.format
 import rewards.math
 import rewards.math_compare
 import rewards.registry
+import rewards.shaping
 
 
 @pytest.mark.parametrize(
-    "module", [rewards.math, rewards.math_compare, rewards.format, rewards.registry]
+    "module",
+    [rewards.math, rewards.math_compare, rewards.format, rewards.registry, rewards.shaping],
 )
 def test_doctests(module):
     result = doctest.testmod(module)
