@@ -70,6 +70,11 @@ def stats(results: list[ScoreResult]) -> dict[str, float]:
     }
 
 
+def default_num_workers() -> int:
+    """One worker per core but one (the caller's), at least 1, at most `MAX_WORKERS`."""
+    return min(MAX_WORKERS, max(1, (os.cpu_count() or 1) - 1))
+
+
 # ---- inside a worker process -------------------------------------------------------------
 
 
@@ -157,7 +162,7 @@ class RewardPool:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         if num_workers is None:
-            num_workers = min(MAX_WORKERS, max(1, (os.cpu_count() or 1) - 1))
+            num_workers = default_num_workers()
         if num_workers < 1:
             raise ValueError(f"num_workers must be at least 1, got {num_workers}")
         for name in rewards:  # fail here on a bad name, not in a worker

@@ -116,7 +116,7 @@ def run_python(job: dict, limits: SandboxLimits, stdin: bytes = b"") -> RunResul
         )
         result = _collect(process, limits, kill_group=mode == "unsafe")
     if mode == "bubblewrap":
-        _wait_for_uid_to_vanish(uid)
+        _kill_leftovers(uid)
     return result
 
 
@@ -286,22 +286,21 @@ def _kill(process: subprocess.Popen, group: bool) -> None:
     process.stderr.close()
 
 
-def _wait_for_uid_to_vanish(uid: int, timeout_s: float = 2.0) -> None:
-    """SIGKILL what is left of a run (its uid is its own) until it is gone or reaped.
+def _kill_leftovers(uid: int, timeout_s: float = 2.0) -> None:
+    """SIGKILL every live process of a run (its uid is its own) until none is left.
 
     bubblewrap's outer process exits when the program does (or when it is killed), while the
-    kernel tears down the pid namespace behind it; this waits for that, so that a run leaves no
-    process behind when it returns.
+    kernel tears down the pid namespace behind it; this waits for that, so that no process of
+    a run is alive when it returns. Zombies are dead already: the teardown reaps them.
     """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        left = _processes_of(uid)
-        if not left:
+        live = [pid for pid, zombie in _processes_of(uid) if not zombie]
+        if not live:
             return
-        for pid, zombie in left:
-            if not zombie:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        for pid in live:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.005)
 
 

@@ -138,13 +138,14 @@ def test_no_process_outlives_its_run():
 
 
 def uid_processes(uid: int) -> list[int]:
+    """Live processes (zombies are dead already) of `uid`."""
     found = []
     for entry in os.listdir("/proc"):
         try:
             with open(f"/proc/{entry}/status") as f:
-                line = next(x for x in f if x.startswith("Uid:"))
-        except (OSError, StopIteration):
+                fields = dict(x.split(":", 1) for x in f)
+        except (OSError, ValueError):
             continue
-        if int(line.split()[1]) == uid:
+        if int(fields["Uid"].split()[0]) == uid and not fields["State"].strip().startswith("Z"):
             found.append(int(entry))
     return found
