@@ -74,7 +74,12 @@ def run_lab(
     plot: str | Path | None = None,
     unsafe_no_sandbox: bool = False,
 ) -> dict[str, Any]:
-    """Score `data` with `reward` (and `compare`), write the report (module docstring)."""
+    """Score `data` with `reward` (and `compare`), write the report (module docstring).
+
+    `unsafe_no_sandbox` sets `R1KIT_UNSAFE_NO_SANDBOX=1` in this process's environment (the
+    pool's workers inherit it): code rewards then run without isolation where bubblewrap
+    cannot run.
+    """
     if unsafe_no_sandbox:
         os.environ[UNSAFE_ENV] = "1"  # the pool's workers inherit it
     start = time.monotonic()

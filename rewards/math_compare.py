@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from math_verify import verify
+from math_verify.utils import timeout
 from sympy import (
     Basic,
     Eq,
@@ -63,10 +64,11 @@ def answers_match(gold: list, pred: list, *, timeout_s: int | None) -> bool:
     """
     golds = [g for g in gold if isinstance(g, (Basic, MatrixBase))]
     preds = [p for p in pred if isinstance(p, (Basic, MatrixBase))]
+    bounded_agrees = timeout(timeout_s)(agrees)
     for g in golds:
         for p in preds:
             same = verify(g, p, timeout_seconds=timeout_s, raise_on_error=True)
-            if same and agrees(g, p):
+            if same and bounded_agrees(g, p):
                 return True
     return False
 

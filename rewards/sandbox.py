@@ -15,7 +15,9 @@ limit of one run is not shared with another. The caller kills the tree after `wa
 (bubblewrap's --die-with-parent and the pid namespace take every process with it) or as soon
 as stdout passes `output_bytes`.
 
-Where bubblewrap cannot run, `check_sandbox` refuses to run anything (`SandboxUnavailable`),
+The caller must be root (to start bubblewrap without a user namespace and switch to the run's
+uid; RLIMIT_NPROC does not bind root). Where that or bubblewrap is missing, or a test run in
+the sandbox fails, `check_sandbox` refuses to run anything (`SandboxUnavailable`),
 unless the environment variable `R1KIT_UNSAFE_NO_SANDBOX=1` says to run the harness without
 isolation (only the rlimits and the timeout apply; model code can then read and write
 everything the calling user can).
