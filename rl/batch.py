@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import Tensor
@@ -12,28 +12,31 @@ from torch import Tensor
 @dataclass
 class Batch:
     """Right-padded sequences (prompt + completion). ``loss_mask`` (B, T-1) marks the
-    completion tokens, aligned with ``token_logprobs`` (position t predicts token t+1)."""
+    completion tokens, aligned with ``token_logprobs`` (position t predicts token t+1).
+    Per-token fields are (B, T-1) and hold 0 off the mask."""
 
     input_ids: Tensor  # (B, T) long
     attention_mask: Tensor  # (B, T) long
     loss_mask: Tensor  # (B, T-1) float
     advantages: Tensor | None = None  # (B,) float
-    rollout_logprobs: Tensor | None = None  # (B, T-1) float, 0 off the mask
+    rollout_logprobs: Tensor | None = None  # (B, T-1) the rollout engine's sampling logprobs
+    old_logprobs: Tensor | None = None  # (B, T-1) the learner's, before this step's updates
+    ref_logprobs: Tensor | None = None  # (B, T-1) the frozen reference policy's
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
 
-    def select(self, rows: slice | Tensor) -> Batch:
-        def pick(t):
-            return None if t is None else t[rows]
-
+    def _map(self, fn) -> Batch:
+        """A new Batch with ``fn(name, tensor)`` applied to every field that is set."""
         return Batch(
-            pick(self.input_ids),
-            pick(self.attention_mask),
-            pick(self.loss_mask),
-            pick(self.advantages),
-            pick(self.rollout_logprobs),
+            **{
+                f.name: None if getattr(self, f.name) is None else fn(f.name, getattr(self, f.name))
+                for f in fields(self)
+            }
         )
+
+    def select(self, rows: slice | Tensor) -> Batch:
+        return self._map(lambda name, t: t[rows])
 
     def padded(self, rows: int) -> Batch:
         """This batch plus ``rows`` inert rows (copies of row 0 with an empty loss mask and zero
@@ -41,30 +44,25 @@ class Batch:
         if rows == 0:
             return self
 
-        def extend(t: Tensor | None, fill_zero: bool) -> Tensor | None:
-            if t is None:
-                return None
+        def extend(name: str, t: Tensor) -> Tensor:
             extra = t[:1].expand(rows, *t.shape[1:]).clone()
-            return torch.cat([t, extra.zero_() if fill_zero else extra])
+            return torch.cat([t, extra if name in _SEQUENCE_FIELDS else extra.zero_()])
 
-        return Batch(
-            extend(self.input_ids, False),
-            extend(self.attention_mask, False),
-            extend(self.loss_mask, True),
-            extend(self.advantages, True),
-            extend(self.rollout_logprobs, True),
-        )
+        return self._map(extend)
 
     def trimmed(self) -> Batch:
         """Drop the padding columns no row of this batch uses."""
         width = int(self.attention_mask.sum(1).max())
-        return Batch(
-            self.input_ids[:, :width],
-            self.attention_mask[:, :width],
-            self.loss_mask[:, : width - 1],
-            self.advantages,
-            None if self.rollout_logprobs is None else self.rollout_logprobs[:, : width - 1],
-        )
+
+        def trim(name: str, t: Tensor) -> Tensor:
+            if name in _SEQUENCE_FIELDS:
+                return t[:, :width]
+            return t if t.dim() == 1 else t[:, : width - 1]
+
+        return self._map(trim)
+
+
+_SEQUENCE_FIELDS = ("input_ids", "attention_mask")  # (B, T); every other field follows the mask
 
 
 def make_batch(

@@ -18,6 +18,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.steps=10")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     add_eval_rewards_parser(sub)
+    check = sub.add_parser("check", help="rollout-vs-learner logprob parity and weight-sync check")
+    check.add_argument("--model", required=True, help="a Hugging Face model folder or a preset")
+    check.add_argument("--out", required=True, help="report JSON file")
+    check.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    check.add_argument("--world-size", type=int, default=2, help="learner ranks (FSDP2)")
+    check.add_argument(
+        "--break-sync",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="leave tensors whose name contains NAME out of the sync (to see the check fail)",
+    )
     return parser
 
 
@@ -45,11 +57,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rl.config import load_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    if args.resume:
-        raise R1kitError("--resume is not supported yet: checkpoints hold weights only")
     from rl.trainer import train
 
-    summary = train(recipe, Path(args.out))
+    summary = train(recipe, Path(args.out), resume=args.resume)
     evals = summary["eval"]
     parts = [f"{k.upper()} {v['accuracy']:.3f} (n={v['n']})" for k, v in evals.items()]
     print(
@@ -93,6 +103,29 @@ def cmd_eval_rewards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from rl.check import check
+
+    try:
+        report = check(
+            args.model,
+            Path(args.out),
+            dtype=args.dtype,
+            world_size=args.world_size,
+            break_sync=tuple(args.break_sync),
+        )
+    except ValueError as e:
+        raise R1kitError(str(e)) from None
+    d = report["logprob_abs_diff"]
+    verdict = "PASSED" if report["passed"] else "FAILED: " + "; ".join(report["failures"])
+    print(
+        f"r1kit check {args.model}: learner vs engine logprob |diff| mean {d['mean']:.2e}, "
+        f"p99 {d['p99']:.2e}, max {d['max']:.2e} over {report['tokens']} tokens; "
+        f"sync added {report['sync_added_error']:.2e}; {verdict} (report: {args.out})"
+    )
+    return 0 if report["passed"] else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -101,10 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in extra if "=" not in a or a.startswith("-") or not takes_overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if hasattr(args, "overrides"):
+    if takes_overrides:
         args.overrides = list(args.overrides) + extra
     try:
-        return {"train": cmd_train, "eval-rewards": cmd_eval_rewards}[args.command](args)
+        commands = {"train": cmd_train, "eval-rewards": cmd_eval_rewards, "check": cmd_check}
+        return commands[args.command](args)
     except R1kitError as e:
         print(f"r1kit: error: {e}", file=sys.stderr)
         return 2

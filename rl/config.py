@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from rl.errors import ConfigError
+from rl.presets import apply_algorithm
 
 
 @dataclass
@@ -82,6 +83,27 @@ class GRPOConfig:
     """Sampling temperature; the learner scales its logits by the same value."""
     top_p: float = 1.0
     """Nucleus sampling threshold."""
+    dynamic_sampling: bool = False
+    """DAPO: drop groups whose rewards are all equal and refill from more prompts."""
+    max_refill_rounds: int = 3
+    """Extra generation rounds per step for dynamic sampling (each of prompts_per_step)."""
+    overlong_buffer: int = 0
+    """DAPO's soft overlong penalty: the last this-many tokens before max_new_tokens cost up
+    to ``overlong_penalty`` reward, linearly (0 disables)."""
+    overlong_penalty: float = 1.0
+    """Reward removed at max_new_tokens when overlong_buffer > 0."""
+    mask_truncated: bool = False
+    """Leave completions cut at max_new_tokens out of the loss (DAPO's overlong filtering);
+    they still count in their group's baseline."""
+    epochs: int = 1
+    """Passes over each step's batch (PPO epochs)."""
+    mini_batches: int = 1
+    """Optimizer steps per pass: the batch splits into this many mini-batches of whole groups."""
+    old_logprobs: str = "learner"
+    """Old logprobs when a batch gets more than one optimizer step: ``learner`` (one no-grad
+    forward before the updates) or ``rollout`` (the engine's sampling logprobs: no forward,
+    equal to the learner's up to the engine's numerics; see ``logprob_diff_*`` in metrics).
+    With one step per batch neither is needed: the update is on-policy."""
     estimator: str = "grpo"
     """Advantage estimator: grpo, dr_grpo, rloo, reinforce_pp_baseline."""
     loss_agg: str = "token-mean"
@@ -91,6 +113,26 @@ class GRPOConfig:
     """Lower clip of the importance ratio (1 - clip_low)."""
     clip_high: float = 0.2
     """Upper clip of the importance ratio (1 + clip_high); DAPO's clip-higher raises it."""
+    clip_ratio_c: float | None = None
+    """Dual clip (> 1): bounds the loss of negative-advantage tokens whose ratio ran away."""
+    ratio_level: str = "token"
+    """Importance ratio per token, or per sequence (GSPO: the length-normalised sequence
+    ratio, clipped as one)."""
+    entropy_coef: float = 0.0
+    """Entropy bonus: the loss subtracts this times the aggregated policy entropy."""
+    kl_coef: float = 0.0
+    """beta of KL(policy || reference); the reference is the policy as GRPO starts, frozen
+    (0 loads no reference at all)."""
+    kl_estimator: str = "k3"
+    """KL estimator: k1, k2 or k3 (Schulman)."""
+    kl_in: str = "loss"
+    """Where the KL goes: ``loss`` (a penalty term, aggregated like the policy loss) or
+    ``reward`` (beta times each completion's summed KL subtracted before advantages)."""
+    mismatch_correction: str = "none"
+    """Rollout/learner mismatch correction: ``none``, ``token`` or ``sequence`` truncated
+    importance sampling with weights min(pi_learner / pi_rollout, mismatch_cap)."""
+    mismatch_cap: float = 2.0
+    """Cap of the mismatch importance weights."""
     max_grad_norm: float = 1.0
     """Gradient clipping by global norm."""
     weight_decay: float = 0.0
@@ -150,6 +192,15 @@ class RayConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    every: int = 50
+    """Steps between resumable checkpoints (sharded model + optimizer, driver state) in each
+    stage; the last step of a stage always gets one. 0: only at the end of each stage."""
+    keep_last: int = 2
+    """Resumable checkpoints kept (older ones are deleted)."""
+
+
+@dataclass
 class Recipe:
     name: str = "recipe"
     """Run name shown in logs."""
@@ -157,6 +208,9 @@ class Recipe:
     """Seed of data order and learner RNG."""
     log_every: int = 10
     """SFT steps between metrics rows."""
+    algorithm: str | None = None
+    """A preset of grpo.* keys: grpo, dr_grpo or dapo (rl/presets.py); the recipe's own
+    grpo keys win over the preset's."""
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -166,6 +220,7 @@ class Recipe:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:
@@ -184,7 +239,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected key=value, e.g. grpo.steps=10")
         _set_dotted(raw, key.strip(), yaml.safe_load(value))
-    recipe = _build(Recipe, raw, prefix="", source=str(path))
+    recipe = _build(Recipe, apply_algorithm(raw, str(path)), prefix="", source=str(path))
     _check(recipe, str(path))
     return recipe
 
@@ -243,7 +298,7 @@ def _coerce(kind: Any, value: Any, key: str, source: str) -> Any:
 def _check(recipe: Recipe, source: str) -> None:
     """Cross-field checks that types alone do not catch."""
     from rl.advantages import ESTIMATORS
-    from rl.losses import AGGREGATIONS
+    from rl.losses import AGGREGATIONS, KL_ESTIMATORS, MISMATCH_LEVELS, RATIO_LEVELS
     from rl.schedule import SCHEDULES
 
     checks = [
@@ -257,6 +312,44 @@ def _check(recipe: Recipe, source: str) -> None:
             "auto, gloo or nccl",
         ),
         (recipe.learner.world_size >= 1, "learner.world_size", ">= 1"),
+        (recipe.grpo.epochs >= 1, "grpo.epochs", ">= 1"),
+        (recipe.checkpoint.every >= 0, "checkpoint.every", ">= 0"),
+        (recipe.grpo.ratio_level in RATIO_LEVELS, "grpo.ratio_level", "token or sequence"),
+        (recipe.grpo.kl_coef >= 0, "grpo.kl_coef", ">= 0"),
+        (recipe.grpo.kl_estimator in KL_ESTIMATORS, "grpo.kl_estimator", "k1, k2 or k3"),
+        (recipe.grpo.kl_in in ("loss", "reward"), "grpo.kl_in", "loss or reward"),
+        (
+            recipe.grpo.mismatch_correction in ("none", *MISMATCH_LEVELS),
+            "grpo.mismatch_correction",
+            "none, token or sequence",
+        ),
+        (recipe.grpo.mismatch_cap >= 1, "grpo.mismatch_cap", ">= 1"),
+        (
+            recipe.grpo.clip_ratio_c is None or recipe.grpo.clip_ratio_c > 1,
+            "grpo.clip_ratio_c",
+            "> 1 (or null)",
+        ),
+        (
+            recipe.grpo.mismatch_correction == "none" or recipe.grpo.old_logprobs == "learner",
+            "grpo.mismatch_correction",
+            "none when grpo.old_logprobs is rollout (the weights would all be 1)",
+        ),
+        (recipe.checkpoint.keep_last >= 1, "checkpoint.keep_last", ">= 1"),
+        (
+            0 <= recipe.grpo.overlong_buffer < recipe.grpo.max_new_tokens,
+            "grpo.overlong_buffer",
+            "between 0 and grpo.max_new_tokens - 1",
+        ),
+        (
+            1 <= recipe.grpo.mini_batches <= max(recipe.grpo.prompts_per_step, 1),
+            "grpo.mini_batches",
+            "between 1 and grpo.prompts_per_step",
+        ),
+        (
+            recipe.grpo.old_logprobs in ("learner", "rollout"),
+            "grpo.old_logprobs",
+            "learner or rollout",
+        ),
         (recipe.grpo.group_size >= 2 or recipe.grpo.steps == 0, "grpo.group_size", ">= 2"),
         (recipe.model.path or recipe.model.preset, "model", "a preset or a path"),
         (recipe.data.generator or recipe.data.eval_file, "data", "a generator or data files"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import ray
+import torch
 
 from rl.batch import Batch, shard_rows
 from rl.learner import LearnerRank
@@ -64,6 +65,23 @@ class LearnerGroup:
         )
         return {"loss": sum(o["loss"] for o in outs), "grad_norm": outs[0]["grad_norm"]}
 
+    def logprobs(
+        self, batch: Batch, micro_batch_size: int, temperature: float, reference: bool = False
+    ) -> torch.Tensor:
+        """(B, T-1) logprobs of every row (no grad), 0 off the mask: under the current weights
+        or, with ``reference``, the frozen reference policy's."""
+        outs = self._split(
+            "logprobs",
+            batch,
+            micro_batch_size=micro_batch_size,
+            temperature=temperature,
+            reference=reference,
+        )
+        return torch.cat(outs)[: len(batch)]
+
+    def snapshot_reference(self) -> None:
+        self._all("snapshot_reference")
+
     def grpo_step(
         self,
         batch: Batch,
@@ -72,26 +90,22 @@ class LearnerGroup:
         loss_cfg: dict[str, Any],
         temperature: float,
         max_grad_norm: float,
-    ) -> dict[str, float]:
+        kl: dict[str, Any] | None = None,
+        mismatch: dict[str, Any] | None = None,
+        gradients_only: bool = False,
+    ) -> dict[str, Any]:
+        """One optimizer step over ``batch`` on all ranks; loss denominators are the batch's.
+        ``gradients_only``: no step, the metrics plus ``gradients`` (name -> full tensor)."""
         num_tokens = float(batch.loss_mask.sum())
         num_seqs = float((batch.loss_mask.sum(1) > 0).sum())
-        # A row with advantage 0 (e.g. every row of an all-equal group) adds exactly 0 to the
-        # policy-gradient loss and its gradient; with the denominators counted above on the
-        # whole batch, skipping those rows changes nothing but the time. Health metrics
-        # (entropy, learner-vs-rollout logprob diff) are then over the rows that learn.
-        batch = batch.select(batch.advantages != 0)
+        if not kl and not loss_cfg.get("entropy_coef"):
+            # A row with advantage 0 (e.g. every row of an all-equal group) then adds exactly
+            # 0 to the loss and its gradient; with the denominators counted above on the whole
+            # batch, skipping it changes nothing but the time. Health metrics (entropy,
+            # learner-vs-rollout logprob diff) are then over the rows that learn.
+            batch = batch.select(batch.advantages != 0)
         if len(batch) == 0:  # nothing to learn from: no optimizer step either
-            return {
-                "loss": 0.0,
-                "grad_norm": 0.0,
-                "rows_learned": 0,
-                "logprob_diff_mean": None,
-                "logprob_diff_max": None,
-                "entropy": None,
-                "clip_frac_low": None,
-                "clip_frac_high": None,
-            }
-        rows_learned = len(batch)
+            return {"loss": 0.0, "grad_norm": 0.0, "rows_learned": 0}
         outs = self._split(
             "grpo_step",
             batch,
@@ -102,27 +116,49 @@ class LearnerGroup:
             loss_cfg=loss_cfg,
             temperature=temperature,
             max_grad_norm=max_grad_norm,
+            kl=kl,
+            mismatch=mismatch,
+            gradients_only=gradients_only,
         )
+        total = {key: sum(o[key] for o in outs) for key in outs[0] if key.endswith("_sum")}
         tokens = max(sum(o["tokens"] for o in outs), 1.0)
-        return {
+        metrics = {
             "loss": sum(o["loss"] for o in outs),
-            "grad_norm": outs[0]["grad_norm"],
-            "logprob_diff_mean": sum(o["lp_diff_sum"] for o in outs) / tokens,
+            "grad_norm": outs[0].get("grad_norm"),
+            "rows_learned": len(batch),
+            "logprob_diff_mean": total["lp_diff_sum"] / tokens,
             "logprob_diff_max": max(o["lp_diff_max"] for o in outs),
-            "entropy": sum(o["entropy_sum"] for o in outs) / tokens,
-            "clip_frac_low": sum(o["clip_low_sum"] for o in outs) / tokens,
-            "clip_frac_high": sum(o["clip_high_sum"] for o in outs) / tokens,
-            "rows_learned": rows_learned,
+            "entropy": total["entropy_sum"] / tokens,
+            "clip_frac_low": sum(o["clip_frac_low"] for o in outs) / tokens,
+            "clip_frac_high": sum(o["clip_frac_high"] for o in outs) / tokens,
+            "ratio_mean": sum(o["ratio_mean"] for o in outs) / tokens,
+            "ratio_min": min(o["ratio_min"] for o in outs),
+            "ratio_max": max(o["ratio_max"] for o in outs),
         }
+        if kl:
+            metrics["kl_loss"] = sum(o["kl"] for o in outs)
+        if gradients_only:
+            metrics["gradients"] = outs[0]["gradients"]
+        if mismatch:
+            metrics["is_weight_mean"] = total["is_weight_sum"] / tokens
+            metrics["is_weight_max"] = max(o["is_weight_max"] for o in outs)
+            metrics["is_capped_frac"] = total["is_capped_sum"] / tokens
+        return metrics
 
-    def export_weights(self) -> ray.ObjectRef:
+    def export_weights(self, exclude: tuple[str, ...] = ()) -> ray.ObjectRef:
         """Gather once; an ObjectRef to rank 0's weight blob (ship it to rollout workers)."""
-        refs = [r.export_weights.remote() for r in self.ranks]
+        refs = [r.export_weights.remote(exclude) for r in self.ranks]
         ray.wait(refs, num_returns=len(refs), timeout=TIMEOUT_S)
         return refs[0]
 
     def save(self, path: str) -> None:
         self._all("save", path)
+
+    def save_state(self, path: str) -> None:
+        self._all("save_state", path)
+
+    def load_state(self, path: str) -> None:
+        self._all("load_state", path)
 
     def shutdown(self) -> None:
         try:

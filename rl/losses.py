@@ -1,132 +1,44 @@
-"""Policy-gradient, KL and SFT losses for GRPO-family training, as pure tensor functions.
+"""Policy-gradient (PPO / GRPO / DAPO / GSPO) losses, rollout-mismatch weights, entropy and
+SFT loss for GRPO-family training, as pure tensor functions.
 
-Shapes: B completions (rows) by T token positions; ``mask`` (B, T) is 1 on completion tokens
-that count in the loss and 0 on prompt and padding. The mask may be bool or a 0/1 float.
+Shapes: B completions (rows) by T token positions, V vocabulary entries; ``mask`` (B, T) is 1
+on completion tokens that count in the loss and 0 on prompt and padding (bool or 0/1 float).
 Values at masked-out positions are never read: they may be -inf or NaN (padding) without
-touching the loss or its gradient.
+touching a loss, a weight or a gradient. Non-finite values at masked-in positions are errors
+that name the tensor, row and token.
 
-Aggregation uses verl's vocabulary (``AGGREGATIONS``): ``token-mean``, ``seq-mean-token-mean``,
-``seq-mean-token-sum``, ``seq-mean-token-sum-norm``. Each mode is a numerator that is a sum
-over this batch's rows divided by a denominator. By default the denominator is counted on the
-batch itself; when the batch is a micro-batch of a larger one, pass the whole batch's
-``num_tokens`` / ``num_seqs`` (and ``max_len``), and the micro-batch losses then sum to exactly
-the whole-batch loss, gradients included.
+Every loss reduces per-token terms with ``aggregate`` (``rl.aggregation``, verl's vocabulary:
+``token-mean``, ``seq-mean-token-mean``, ``seq-mean-token-sum``, ``seq-mean-token-sum-norm``).
+Pass the whole batch's ``num_tokens`` / ``num_seqs`` / ``max_len`` to each micro-batch's call
+and the micro-batch losses sum to exactly the whole-batch loss, gradients included.
 
-Empty rows (no masked-in token) contribute 0 and never produce NaN. The ``seq-*`` modes count
-only rows with at least one token as sequences; a global ``num_seqs`` must follow the same rule.
-A zero denominator (nothing to average) gives loss 0.
+The aggregation and KL functions live in ``rl.aggregation`` and ``rl.kl`` and are re-exported
+here: ``from rl.losses import ...`` reaches every loss.
 """
 
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
 
-# ---------------------------------------------------------------------------- aggregation
+from rl.aggregation import AGGREGATIONS, aggregate, masked_inputs
+from rl.kl import KL_ESTIMATORS, kl_in_reward, kl_loss, kl_penalty
 
-Count = float | Tensor | None  # a global denominator: None means "count this batch"
-
-
-def _divide(total: Tensor, denominator: float | Tensor) -> Tensor:
-    """total / denominator, where a denominator below 1 (no tokens, no rows) counts as 1:
-    the total is then 0, and so is the result."""
-    denominator = torch.as_tensor(denominator, dtype=total.dtype, device=total.device)
-    return total / denominator.clamp(min=1)
-
-
-def _token_mean(
-    masked: Tensor, counts: Tensor, max_len: int, num_tokens: Count, num_seqs: Count
-) -> Tensor:
-    """sum of all masked-in token losses / number of masked-in tokens."""
-    return _divide(masked.sum(), counts.sum() if num_tokens is None else num_tokens)
-
-
-def _seq_mean(per_seq: Tensor, counts: Tensor, num_seqs: Count) -> Tensor:
-    """sum of per-sequence losses / number of non-empty sequences. per_seq, counts: (B,)."""
-    return _divide(per_seq.sum(), (counts > 0).sum() if num_seqs is None else num_seqs)
-
-
-def _seq_mean_token_mean(
-    masked: Tensor, counts: Tensor, max_len: int, num_tokens: Count, num_seqs: Count
-) -> Tensor:
-    """Mean over sequences of each sequence's token mean (original GRPO)."""
-    return _seq_mean(masked.sum(dim=1) / counts.clamp(min=1), counts, num_seqs)
-
-
-def _seq_mean_token_sum(
-    masked: Tensor, counts: Tensor, max_len: int, num_tokens: Count, num_seqs: Count
-) -> Tensor:
-    """Mean over sequences of each sequence's token sum."""
-    return _seq_mean(masked.sum(dim=1), counts, num_seqs)
-
-
-def _seq_mean_token_sum_norm(
-    masked: Tensor, counts: Tensor, max_len: int, num_tokens: Count, num_seqs: Count
-) -> Tensor:
-    """Mean over sequences of each sequence's token sum / max_len (Dr. GRPO: a constant
-    normaliser, so long answers are not down-weighted), as current verl does with
-    ``loss_scale_factor``. Older verl divided the sum over sequences by T with no mean over
-    sequences: the same up to the constant factor B."""
-    return _seq_mean(masked.sum(dim=1) / max_len, counts, num_seqs)
-
-
-# Each mode: (masked (B, T), counts (B,), max_len, num_tokens, num_seqs) -> () loss.
-AGGREGATIONS: dict[str, Callable[[Tensor, Tensor, int, Count, Count], Tensor]] = {
-    "token-mean": _token_mean,
-    "seq-mean-token-mean": _seq_mean_token_mean,
-    "seq-mean-token-sum": _seq_mean_token_sum,
-    "seq-mean-token-sum-norm": _seq_mean_token_sum_norm,
-}
-
-
-def _bool_mask(mask: Tensor, shape: torch.Size) -> Tensor:
-    if mask.shape != shape:
-        raise ValueError(f"mask shape {tuple(mask.shape)} != loss shape {tuple(shape)}")
-    if mask.dtype == torch.bool:
-        return mask
-    if not ((mask == 0) | (mask == 1)).all():
-        raise ValueError("a float mask must hold only 0 and 1")
-    return mask != 0
-
-
-def aggregate(
-    loss_mat: Tensor,
-    mask: Tensor,
-    mode: str,
-    *,
-    num_tokens: float | None = None,
-    num_seqs: float | None = None,
-    max_len: int | None = None,
-) -> Tensor:
-    """Reduce per-token losses to a scalar.
-
-    Args:
-        loss_mat: (B, T) per-token loss.
-        mask: (B, T) bool or 0/1 float; 1 where the token counts.
-        mode: a key of ``AGGREGATIONS``. With S_b the masked token sum of row b, n_b its token
-            count and R the rows with n_b > 0:
-            ``token-mean`` = sum_b S_b / sum_b n_b;
-            ``seq-mean-token-mean`` = sum_{b in R} (S_b / n_b) / |R|;
-            ``seq-mean-token-sum`` = sum_b S_b / |R|;
-            ``seq-mean-token-sum-norm`` = sum_b (S_b / max_len) / |R|.
-        num_tokens: global token count replacing sum_b n_b (``token-mean`` only).
-        num_seqs: global count of non-empty rows replacing |R| (``seq-*`` modes only).
-        max_len: constant normaliser of ``seq-mean-token-sum-norm``; defaults to T. Pass it
-            explicitly when micro-batches are padded to different lengths.
-
-    Returns:
-        () scalar loss. Empty rows contribute 0; a zero denominator gives 0, never NaN.
-    """
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"unknown loss aggregation {mode!r}; known: {list(AGGREGATIONS)}")
-    mask = _bool_mask(mask, loss_mat.shape)
-    masked = torch.where(mask, loss_mat, 0.0)  # (B, T), padding NaN/inf cannot leak
-    counts = mask.sum(dim=1)  # (B,)
-    max_len = loss_mat.shape[1] if max_len is None else max_len
-    if max_len <= 0:
-        raise ValueError(f"max_len must be positive, got {max_len}")
-    return AGGREGATIONS[mode](masked, counts, max_len, num_tokens, num_seqs)
-
+__all__ = [
+    "AGGREGATIONS",
+    "KL_ESTIMATORS",
+    "MISMATCH_LEVELS",
+    "RATIO_LEVELS",
+    "aggregate",
+    "entropy_from_logits",
+    "kl_in_reward",
+    "kl_loss",
+    "kl_penalty",
+    "mismatch_weights",
+    "policy_loss",
+    "sft_loss",
+]
 
 # ---------------------------------------------------------------------------- policy loss
 
@@ -135,43 +47,73 @@ def aggregate(
 _MAX_LOG_RATIO = 20.0
 
 
-def _check_finite(name: str, values: Tensor, mask: Tensor) -> None:
-    """Raise on the first non-finite value at a masked-in position. values, mask: (B, T)."""
-    bad = (mask & ~torch.isfinite(values)).nonzero()
-    if bad.numel() > 0:
-        row, token = (int(i) for i in bad[0])
-        raise ValueError(f"non-finite {name} at row {row}, token {token}")
+def _token_log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """PPO / GRPO: log r_t = logp_t - old_t. All (B, T), padding already zeroed."""
+    return logprobs - old_logprobs
+
+
+def _sequence_log_ratio(logprobs: Tensor, old_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """GSPO-token: log s_it = sg[log s_i] + logp_t - sg[logp_t], with log s_i the row's mean of
+    logp - old over its tokens. The value is log s_i on every token of row i; the gradient of
+    s_it w.r.t. logp_t is s_i. All (B, T), padding already zeroed."""
+    counts = mask.sum(dim=1, keepdim=True).clamp(min=1)  # (B, 1)
+    log_seq_ratio = (logprobs - old_logprobs).sum(dim=1, keepdim=True) / counts  # (B, 1)
+    return log_seq_ratio.detach() + (logprobs - logprobs.detach())  # (B, T)
+
+
+# Each level: (logprobs, old_logprobs, mask) all (B, T) -> (B, T) log importance ratio.
+RATIO_LEVELS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
+    "token": _token_log_ratio,
+    "sequence": _sequence_log_ratio,
+}
+
+
+def _masked_stats(values: Tensor, mask: Tensor, prefix: str) -> dict[str, Tensor]:
+    """Detached mean, min and max of values (B, T) over masked-in positions; 1 when none (an
+    untouched policy, a unit weight)."""
+    picked = values.detach()[mask]
+    if picked.numel() == 0:
+        picked = torch.ones(1, dtype=values.dtype, device=values.device)
+    return {
+        f"{prefix}_mean": picked.mean(),
+        f"{prefix}_min": picked.min(),
+        f"{prefix}_max": picked.max(),
+    }
 
 
 def _clip_metrics(
-    ratio: Tensor,
-    advantages: Tensor,
-    mask: Tensor,
-    clip_low: float,
-    clip_high: float,
-    clip_ratio_c: float | None,
+    ratio: Tensor, adv: Tensor, mask: Tensor, low: float, high: float, c: float | None
 ) -> dict[str, Tensor]:
-    """Detached diagnostics over masked-in tokens. ratio, mask: (B, T); advantages: (B, 1).
+    """Detached diagnostics over masked-in tokens. ratio, mask: (B, T); adv: (B, 1).
     A clip counts only where it changes the loss: the upper bound for A > 0, the lower bound
-    for A < 0, the dual clip for A < 0 and ratio > clip_ratio_c."""
+    for A < 0, the dual clip for A < 0 and ratio > c."""
     ratio = ratio.detach()
     num_tokens = mask.sum().clamp(min=1)
-    high = mask & (advantages > 0) & (ratio > 1 + clip_high)
-    low = mask & (advantages < 0) & (ratio < 1 - clip_low)
-    dual = torch.zeros_like(mask)
-    if clip_ratio_c is not None:
-        dual = mask & (advantages < 0) & (ratio > clip_ratio_c)
-    in_mask = ratio[mask]
-    if in_mask.numel() == 0:  # nothing masked in: report an untouched policy
-        in_mask = torch.ones(1, dtype=ratio.dtype, device=ratio.device)
+    dual = mask & (adv < 0) & (ratio > c) if c is not None else torch.zeros_like(mask)
     return {
-        "clip_frac_low": low.sum() / num_tokens,
-        "clip_frac_high": high.sum() / num_tokens,
+        "clip_frac_low": (mask & (adv < 0) & (ratio < 1 - low)).sum() / num_tokens,
+        "clip_frac_high": (mask & (adv > 0) & (ratio > 1 + high)).sum() / num_tokens,
         "clip_frac_dual": dual.sum() / num_tokens,
-        "ratio_mean": in_mask.mean(),
-        "ratio_min": in_mask.min(),
-        "ratio_max": in_mask.max(),
+        **_masked_stats(ratio, mask, "ratio"),
     }
+
+
+def _check_policy_args(
+    logprobs: Tensor, advantages: Tensor, clip_ratio_c: float | None, ratio_level: str
+) -> None:
+    """Check policy_loss's advantages and constants (masked_inputs checks the rest)."""
+    if advantages.shape != logprobs.shape[:1]:
+        raise ValueError(
+            f"expected logprobs (B, T) and advantages (B,); "
+            f"got {tuple(logprobs.shape)}, {tuple(advantages.shape)}"
+        )
+    if clip_ratio_c is not None and clip_ratio_c <= 1:
+        raise ValueError(f"clip_ratio_c must be > 1, got {clip_ratio_c}")
+    if ratio_level not in RATIO_LEVELS:
+        raise ValueError(f"unknown ratio_level {ratio_level!r}; known: {list(RATIO_LEVELS)}")
+    bad_rows = (~torch.isfinite(advantages)).nonzero()
+    if bad_rows.numel() > 0:
+        raise ValueError(f"non-finite advantages at row {int(bad_rows[0, 0])}")
 
 
 def policy_loss(
@@ -187,17 +129,26 @@ def policy_loss(
     num_tokens: float | None = None,
     num_seqs: float | None = None,
     max_len: int | None = None,
+    ratio_level: str = "token",
+    weights: Tensor | None = None,
+    entropy: Tensor | None = None,
+    entropy_coef: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """PPO clipped surrogate with asymmetric (DAPO clip-higher) and optional dual clip.
+    """PPO clipped surrogate with asymmetric (DAPO clip-higher) and optional dual clip, at token
+    (PPO/GRPO) or sequence (GSPO) level, with optional per-token weights and entropy bonus.
 
-    Per token, with ratio r = exp(logprobs - old_logprobs) and A the row's advantage:
+    Per token, with r the importance ratio, A the row's advantage and w the weight (default 1):
 
-        loss = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))
-        if clip_ratio_c is not None and A < 0:  loss = min(loss, clip_ratio_c * |A|)
+        loss = w * max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high))
+        if clip_ratio_c is not None and A < 0:  loss = w * min(max(...), clip_ratio_c * |A|)
+        total = aggregate(loss) - entropy_coef * aggregate(entropy)
 
-    GRPO is the symmetric case clip_low == clip_high. The dual clip (Ye et al., 2020) bounds the
-    loss of a negative-advantage token whose ratio has run away. The per-token loss is reduced
-    by ``aggregate(loss, mask, loss_agg, ...)``, default ``token-mean``.
+    ``ratio_level="token"``: r = exp(logprobs - old_logprobs). ``"sequence"`` (GSPO, Zheng et
+    al. 2025, as verl's ``gspo`` loss): r = s_i = exp(mean over row i's tokens of (logprobs -
+    old_logprobs)) on every token of the row, in the GSPO-token form whose gradient w.r.t.
+    logprobs_t is s_i (so ``seq-mean-token-mean`` gives GSPO's d s_i / d logp_t = s_i / |y_i|).
+    GRPO is the symmetric case clip_low == clip_high; the dual clip (Ye et al., 2020) bounds the
+    loss of a negative-advantage token whose ratio has run away.
 
     Args:
         logprobs: (B, T) log-probs of the sampled tokens under the current policy (with grad).
@@ -206,92 +157,154 @@ def policy_loss(
         mask: (B, T) bool or 0/1 float; 1 on completion tokens.
         clip_low, clip_high: the ratio is clipped to [1 - clip_low, 1 + clip_high].
         clip_ratio_c: dual-clip constant (> 1), or None for no dual clip.
-        loss_agg, num_tokens, num_seqs, max_len: see ``aggregate``.
+        loss_agg, num_tokens, num_seqs, max_len: see ``aggregate``; they also reduce entropy.
+        ratio_level: a key of ``RATIO_LEVELS``: "token" or "sequence".
+        weights: (B, T) detached per-token multipliers of the clipped loss, e.g. from
+            ``mismatch_weights``; None for 1.
+        entropy: (B, T) per-token policy entropy (``entropy_from_logits``), or None.
+        entropy_coef: weight of the entropy bonus; nonzero needs ``entropy``.
 
     Returns:
         The () loss and detached metrics over masked-in tokens: ``clip_frac_low``,
         ``clip_frac_high``, ``clip_frac_dual`` (fraction of tokens where that clip changes the
-        loss), ``ratio_mean``, ``ratio_min``, ``ratio_max``.
+        loss), ``ratio_mean``, ``ratio_min``, ``ratio_max`` (at sequence level, each token
+        reports its row's s_i); with ``entropy``, also ``entropy``: aggregate(entropy) with the
+        loss's denominators, so like the loss it sums over micro-batches to the batch's value.
 
     Raises:
-        ValueError: non-finite logprobs or old_logprobs at a masked-in position (naming row
-            and token), non-finite advantages, mismatched shapes, or clip_ratio_c <= 1.
+        ValueError: non-finite logprobs, old_logprobs, weights or entropy at a masked-in
+            position (naming row and token), non-finite advantages, mismatched shapes,
+            clip_ratio_c <= 1, an unknown ratio_level, or entropy_coef without entropy.
     """
-    if logprobs.shape != old_logprobs.shape or advantages.shape != logprobs.shape[:1]:
-        raise ValueError(
-            f"expected logprobs/old_logprobs (B, T) and advantages (B,); got "
-            f"{tuple(logprobs.shape)}, {tuple(old_logprobs.shape)}, {tuple(advantages.shape)}"
-        )
-    if clip_ratio_c is not None and clip_ratio_c <= 1:
-        raise ValueError(f"clip_ratio_c must be > 1, got {clip_ratio_c}")
-    mask = _bool_mask(mask, logprobs.shape)
-    _check_finite("logprobs", logprobs, mask)
-    _check_finite("old_logprobs", old_logprobs, mask)
-    bad_rows = (~torch.isfinite(advantages)).nonzero()
-    if bad_rows.numel() > 0:
-        raise ValueError(f"non-finite advantages at row {int(bad_rows[0, 0])}")
-
-    # Zero the padding first, so that no NaN/inf there can reach the gradient.
-    logprobs = torch.where(mask, logprobs, 0.0)  # (B, T)
-    old_logprobs = torch.where(mask, old_logprobs, 0.0)  # (B, T)
+    _check_policy_args(logprobs, advantages, clip_ratio_c, ratio_level)
+    if entropy_coef != 0 and entropy is None:
+        raise ValueError(f"entropy_coef={entropy_coef} needs the entropy tensor")
+    extra = {k: t for k, t in (("weights", weights), ("entropy", entropy)) if t is not None}
+    mask, (logprobs, old_logprobs, *rest) = masked_inputs(
+        mask, logprobs=logprobs, old_logprobs=old_logprobs, **extra
+    )
+    extra = dict(zip(extra, rest, strict=True))  # the optional inputs, zeroed off the mask
     adv = advantages.detach()[:, None]  # (B, 1)
 
-    log_ratio = (logprobs - old_logprobs.detach()).clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO)
-    ratio = torch.exp(log_ratio)  # (B, T)
+    log_ratio = RATIO_LEVELS[ratio_level](logprobs, old_logprobs.detach(), mask)
+    ratio = torch.exp(log_ratio.clamp(-_MAX_LOG_RATIO, _MAX_LOG_RATIO))  # (B, T)
     clipped_ratio = ratio.clamp(1 - clip_low, 1 + clip_high)
     loss_mat = torch.maximum(-adv * ratio, -adv * clipped_ratio)  # (B, T)
     if clip_ratio_c is not None:
         loss_mat = torch.where(adv < 0, torch.minimum(loss_mat, -adv * clip_ratio_c), loss_mat)
+    if "weights" in extra:
+        loss_mat = loss_mat * extra["weights"].detach()
 
-    loss = aggregate(
-        loss_mat, mask, loss_agg, num_tokens=num_tokens, num_seqs=num_seqs, max_len=max_len
+    agg = partial(
+        aggregate,
+        mask=mask,
+        mode=loss_agg,
+        num_tokens=num_tokens,
+        num_seqs=num_seqs,
+        max_len=max_len,
     )
+    loss = agg(loss_mat)
     metrics = _clip_metrics(ratio, adv, mask, clip_low, clip_high, clip_ratio_c)
+    if "entropy" in extra:
+        mean_entropy = agg(extra["entropy"])
+        if entropy_coef != 0:
+            loss = loss - entropy_coef * mean_entropy
+        metrics["entropy"] = mean_entropy.detach()
     return loss, metrics
 
 
-# ---------------------------------------------------------------------------- KL and SFT
+# ---------------------------------------------------------------------------- mismatch
+
+MISMATCH_LEVELS = ("token", "sequence")
 
 
-def _k1(delta: Tensor) -> Tensor:
-    """logp - ref: unbiased, high variance, can be negative."""
-    return -delta
+def mismatch_weights(
+    old_logprobs: Tensor,
+    rollout_logprobs: Tensor,
+    mask: Tensor,
+    *,
+    level: str = "token",
+    cap: float = 2.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Truncated importance weights that correct for the rollout engine sampling from a
+    slightly different distribution than the learner computes (TIS: Yao et al. 2025, "Your
+    efficient RL framework secretly brings you off-policy RL training"; verl's ``rollout_is``).
 
-
-def _k2(delta: Tensor) -> Tensor:
-    """0.5 (logp - ref)^2: biased, low variance, >= 0."""
-    return 0.5 * delta**2
-
-
-def _k3(delta: Tensor) -> Tensor:
-    """exp(ref - logp) - (ref - logp) - 1: unbiased, low variance, >= 0 (verl's low_var_kl,
-    here without its clamp)."""
-    return torch.expm1(delta) - delta
-
-
-KL_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {"k1": _k1, "k2": _k2, "k3": _k3}
-
-
-def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, kind: str = "k3") -> Tensor:
-    """Per-token estimate of KL(policy || reference) from sampled-token log-probs.
-
-    Schulman's estimators (http://joschu.net/blog/kl-approx.html), written with
-    delta = ref_logprobs - logprobs: k1 = -delta, k2 = delta^2 / 2, k3 = exp(delta) - delta - 1.
+        token:     w_t = min(exp(old_t - rollout_t), cap)
+        sequence:  w_i = min(exp(sum_t (old_t - rollout_t)), cap), on every token of row i
 
     Args:
-        logprobs: (B, T) log-probs under the policy (with grad).
-        ref_logprobs: (B, T) log-probs under the frozen reference policy.
-        kind: "k1", "k2" or "k3".
+        old_logprobs: (B, T) sampled-token log-probs recomputed by the learner (pi_old).
+        rollout_logprobs: (B, T) the same as reported by the rollout engine.
+        mask: (B, T) bool or 0/1 float; 1 on completion tokens.
+        level: "token" or "sequence" (``MISMATCH_LEVELS``).
+        cap: truncation threshold (> 0).
 
     Returns:
-        (B, T) per-token penalty, not reduced: pass it to ``aggregate`` with the mask. Padding
-        values go through unchanged, so keep them finite when backpropagating.
+        (B, T) detached weights, 0 at masked-out positions (pass to ``policy_loss(weights=)``),
+        and detached metrics over masked-in tokens: ``mismatch_weight_mean``,
+        ``mismatch_weight_min``, ``mismatch_weight_max`` (1 when nothing is masked in) and
+        ``mismatch_capped_frac``, the fraction of tokens whose weight was capped.
     """
-    if kind not in KL_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator {kind!r}; known: {list(KL_ESTIMATORS)}")
-    if logprobs.shape != ref_logprobs.shape:
-        raise ValueError(f"shapes differ: {tuple(logprobs.shape)} vs {tuple(ref_logprobs.shape)}")
-    return KL_ESTIMATORS[kind](ref_logprobs - logprobs)
+    if level not in MISMATCH_LEVELS:
+        raise ValueError(f"unknown mismatch level {level!r}; known: {list(MISMATCH_LEVELS)}")
+    if not cap > 0:
+        raise ValueError(f"cap must be > 0, got {cap}")
+    mask, (old, rollout) = masked_inputs(
+        mask, old_logprobs=old_logprobs, rollout_logprobs=rollout_logprobs
+    )
+    log_ratio = (old - rollout).detach()  # (B, T), 0 off the mask
+    if level == "sequence":
+        log_ratio = log_ratio.sum(dim=1, keepdim=True).expand_as(log_ratio)
+    ratio = torch.exp(log_ratio)  # may overflow to inf; the cap takes it back to cap
+    weights = torch.where(mask, ratio.clamp(max=cap), 0.0)  # (B, T)
+    capped = (mask & (ratio > cap)).sum() / mask.sum().clamp(min=1)
+    return weights, {
+        **_masked_stats(weights, mask, "mismatch_weight"),
+        "mismatch_capped_frac": capped,
+    }
+
+
+# ---------------------------------------------------------------------------- entropy
+
+
+def _entropy(logits: Tensor) -> Tensor:
+    """(N, V) -> (N,): H = logsumexp(z) - sum softmax(z) z, with z shifted by its row max so
+    that neither term grows with the logits' offset; -inf logits (masked vocab) add 0."""
+    z = logits - logits.max(dim=-1, keepdim=True).values.detach()  # (N, V), max 0
+    lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (N, 1), in [0, log V]
+    probs = torch.exp(z - lse)  # (N, V)
+    return (lse - (probs * z.masked_fill(z == -torch.inf, 0.0)).sum(-1, keepdim=True)).squeeze(-1)
+
+
+def entropy_from_logits(logits: Tensor, *, chunk_size: int = 1024) -> Tensor:
+    """Entropy of the next-token distribution at each position, H = logsumexp(z) - sum_v
+    softmax(z)_v z_v, differentiable (for ``policy_loss(entropy=)``) and in at least float32.
+
+    The (B * T) positions go through ``chunk_size`` at a time, so that without grad only one
+    chunk's float32 copy of (bf16) logits is alive at once, as verl's
+    ``entropy_from_logits_with_chunking``. With grad each chunk's softmax is kept for backward.
+
+    Args:
+        logits: (B, T, V) unnormalised logits (any float dtype; -inf entries allowed as long
+            as a row has one finite entry).
+        chunk_size: positions per chunk.
+
+    Returns:
+        (B, T) entropy in nats, dtype float32 (float64 for float64 logits).
+
+    >>> entropy_from_logits(torch.zeros(1, 1, 4)).item() == torch.tensor(4.0).log().item()
+    True
+    """
+    if logits.dim() != 3:
+        raise ValueError(f"expected logits (B, T, V), got shape {tuple(logits.shape)}")
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    flat = logits.reshape(-1, logits.shape[-1])  # (B * T, V)
+    parts = [_entropy(chunk.to(dtype)) for chunk in flat.split(chunk_size)]
+    return torch.cat(parts).reshape(logits.shape[:2])
+
+
+# ---------------------------------------------------------------------------- SFT
 
 
 def sft_loss(logprobs: Tensor, mask: Tensor, *, num_tokens: float | None = None) -> Tensor:
@@ -305,7 +318,5 @@ def sft_loss(logprobs: Tensor, mask: Tensor, *, num_tokens: float | None = None)
     Returns:
         () loss = -sum(masked logprobs) / num_tokens (default: this batch's count).
     """
-    mask = _bool_mask(mask, logprobs.shape)
-    _check_finite("logprobs", logprobs, mask)
-    logprobs = torch.where(mask, logprobs, 0.0)  # (B, T)
+    mask, (logprobs,) = masked_inputs(mask, logprobs=logprobs)
     return aggregate(-logprobs, mask, "token-mean", num_tokens=num_tokens)

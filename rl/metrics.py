@@ -8,11 +8,21 @@ from pathlib import Path
 
 
 class MetricsLog:
-    """Append-only JSONL; each row is flushed at once so a crash loses nothing written."""
+    """Append-only JSONL; each row is flushed at once so a crash loses nothing written.
 
-    def __init__(self, path: Path) -> None:
+    ``keep_rows``: a resumed run first cuts the file back to the rows its checkpoint had
+    seen (rows of steps after it are written again), atomically."""
+
+    def __init__(self, path: Path, keep_rows: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.rows = 0
+        if keep_rows is not None and self.path.is_file():
+            kept = self.path.read_text().splitlines(keepends=True)[:keep_rows]
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text("".join(kept))
+            tmp.replace(self.path)
+            self.rows = len(kept)
         self._file = self.path.open("a")
 
     def write(self, **row) -> None:
@@ -22,6 +32,7 @@ class MetricsLog:
         }
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
+        self.rows += 1
 
     def close(self) -> None:
         self._file.close()

@@ -14,6 +14,7 @@ import ray
 from tqdm import tqdm
 
 from rewards import RewardPool
+from rl.check import quick_check
 from rl.config import Recipe
 from rl.errors import ConfigError
 from rl.learner_group import LearnerGroup
@@ -33,6 +34,7 @@ class Run:
     accuracy_pool: RewardPool
     log: MetricsLog
     own_rollout: bool = True
+    wall_offset: float = 0.0  # wall seconds of earlier sessions of a resumed run - start time
     _prompt_cache: dict[str, list[int]] = field(default_factory=dict)
 
     @property
@@ -118,7 +120,13 @@ def start_ray(recipe: Recipe) -> None:
         )
 
 
-def start_run(recipe: Recipe, out: Path, data: dict[str, list[dict]], rollout=None) -> Run:
+def start_run(
+    recipe: Recipe,
+    out: Path,
+    data: dict[str, list[dict]],
+    rollout=None,
+    metrics_rows: int | None = None,
+) -> Run:
     from transformers import AutoTokenizer
 
     from rollouts.worker import start_rollout_worker
@@ -161,27 +169,64 @@ def start_run(recipe: Recipe, out: Path, data: dict[str, list[dict]], rollout=No
         rollout,
         pool,
         accuracy_pool,
-        MetricsLog(out / "metrics.jsonl"),
+        MetricsLog(out / "metrics.jsonl", keep_rows=metrics_rows),
         own_rollout=own_rollout,
     )
     if not own_rollout:
         run.sync_weights()  # a shared engine may hold anything: start from the learner's weights
+    try:
+        parity = quick_check(rollout, learner, tokenizer, recipe.model.dtype)  # fails fast
+    except Exception:
+        run.close()
+        raise
     print_plan(run, model_dir, time.time() - t0)
+    tqdm.write(
+        f"  parity check: learner vs rollout engine logprob |diff| mean {parity['mean']:.1e}, "
+        f"max {parity['max']:.1e} (ok)"
+    )
     return run
 
 
 def print_plan(run: Run, model_dir: Path, setup_s: float) -> None:
-    r = run.recipe
-    g = r.grpo
+    """The resolved plan: what one step of each stage does, on how many ranks."""
+    r, g, ranks = run.recipe, run.recipe.grpo, run.recipe.learner.world_size
+    samples = g.prompts_per_step * g.group_size
+    per_update = -(-samples // g.mini_batches)  # rows of one optimizer step (at most)
+    accumulation = -(-per_update // (ranks * r.learner.micro_batch_size))
+    denominator = {
+        "token-mean": "tokens of the mini-batch",
+        "seq-mean-token-mean": "sequences of the mini-batch (token mean per sequence)",
+        "seq-mean-token-sum": "sequences of the mini-batch (token sum per sequence)",
+        "seq-mean-token-sum-norm": f"sequences x max_new_tokens ({g.max_new_tokens})",
+    }[g.loss_agg]
+    sampling = (
+        f"dynamic sampling (zero-variance groups dropped, <= {g.max_refill_rounds} refill rounds)"
+        if g.dynamic_sampling
+        else "every group kept"
+    )
     tqdm.write(
         f"r1kit run '{r.name}': policy {model_dir} ({run.learner.num_params / 1e6:.2f}M params, "
-        f"{r.model.dtype}), {r.learner.world_size} learner rank(s), 1 vLLM rollout worker; "
+        f"{r.model.dtype}), {ranks} learner rank(s) (FSDP2), 1 vLLM rollout worker; "
         f"ready in {setup_s:.0f}s\n"
         f"  SFT : {r.sft.steps} steps x {r.sft.batch_size} sequences, lr {r.sft.lr:g}\n"
         f"  GRPO: {g.steps} steps x {g.prompts_per_step} prompts x G={g.group_size} = "
-        f"{g.prompts_per_step * g.group_size} samples/step, micro-batch "
-        f"{r.learner.micro_batch_size}/rank, estimator {g.estimator}, loss {g.loss_agg} "
-        f"(denominator: global token count), clip [{1 - g.clip_low:g}, {1 + g.clip_high:g}], "
-        f"no KL, lr {g.lr:g}\n"
-        f"  rewards {r.rewards.weights}, accuracy by '{r.rewards.accuracy}'"
+        f"{samples} samples/step ({sampling}); {g.epochs} epoch(s) x {g.mini_batches} "
+        f"mini-batch(es) = {g.epochs * g.mini_batches} optimizer step(s)/step, "
+        f"micro-batch {r.learner.micro_batch_size}/rank, {accumulation} accumulation step(s)\n"
+        f"        {r.algorithm or 'custom'}: estimator {g.estimator}, loss {g.loss_agg} "
+        f"(denominator: {denominator}), clip [{1 - g.clip_low:g}, {1 + g.clip_high:g}], "
+        f"old logprobs: {g.old_logprobs if g.epochs * g.mini_batches > 1 else 'on-policy'}, "
+        f"{_kl_plan(g)}, lr {g.lr:g} ({g.lr_schedule})\n"
+        f"  rewards {r.rewards.weights}, accuracy by '{r.rewards.accuracy}'; "
+        f"checkpoints every {r.checkpoint.every or 'stage end'} step(s), "
+        f"last {r.checkpoint.keep_last} kept"
+    )
+
+
+def _kl_plan(g) -> str:
+    if g.kl_coef == 0:
+        return "no KL (no reference policy loaded)"
+    return (
+        f"KL {g.kl_estimator} x {g.kl_coef:g} in the {g.kl_in} against the frozen policy "
+        "as GRPO starts"
     )

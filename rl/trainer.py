@@ -1,14 +1,10 @@
 """The driver: SFT, then GRPO, on Ray actors (learner ranks, a vLLM rollout worker).
 
-One GRPO step, as the code below runs it:
-
-1. sample ``prompts_per_step`` prompts; the rollout worker generates G completions each,
-   returning token ids and the sampling distribution's logprobs (no re-tokenization);
-2. the reward pool scores every completion (separate processes, killed on timeout);
-3. advantages per group (``rl.advantages``);
-4. the learner ranks take one on-policy step of the clipped policy-gradient loss
-   (``rl.losses``), each on its share of the rows, normalised by the global token count;
-5. the learner's weights go to the rollout worker (one gather, one blob) for the next step.
+``train`` runs a recipe's stages: SFT on completions, a held-out evaluation, GRPO steps
+(``rl.grpo.grpo_step``: sample -> score -> advantages -> update -> push weights), a second
+evaluation. Every ``checkpoint.every`` steps, and at the end of each stage, the learner's
+sharded model and optimizer state and the driver's position are checkpointed
+(``rl.checkpoint``); ``resume=True`` continues from the latest.
 
 Everything a run writes lands in ``--out``: data, metrics.jsonl, checkpoints, summary.json,
 reward_curve.png.
@@ -17,55 +13,107 @@ reward_curve.png.
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import ray
-import torch
 from tqdm import tqdm
 
-from rewards import stats
-from rl.advantages import compute_advantages
 from rl.batch import make_batch
+from rl.checkpoint import (
+    DataOrder,
+    DriverState,
+    list_checkpoints,
+    load_driver_state,
+    save_checkpoint,
+)
 from rl.config import Recipe
 from rl.data import check_disjoint, read_rows, write_rows
 from rl.errors import ConfigError
+from rl.grpo import grpo_step
 from rl.metrics import plot_reward_curve
 from rl.schedule import lr_at
 from rl.setup import Run, import_object, start_run
 
+# Recipe sections a resumed run may change: where the cluster is, how often to checkpoint.
+RESUME_MAY_CHANGE = ("ray.", "checkpoint.")
 
-def train(recipe: Recipe, out: Path, rollout=None) -> dict:
+
+def train(recipe: Recipe, out: Path, rollout=None, resume: bool = False) -> dict:
     """Run the recipe's stages; return (and write) summary.json's content.
 
     ``rollout``: an already running rollout worker to use (tests share one per session);
-    it receives the learner's weights before anything is sampled.
+    it receives the learner's weights before anything is sampled. ``resume``: continue the
+    run in ``out`` from its latest resumable checkpoint (the recipe must be the same).
     """
     start = time.time()
-    if (out / "metrics.jsonl").exists():
-        raise ConfigError(f"{out} already holds a run (metrics.jsonl): choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "recipe.resolved.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+    state = _resume_state(recipe, out) if resume else _new_run(recipe, out)
     data = load_data(recipe, out)
-    run = start_run(recipe, out, data, rollout)
-    summary: dict = {"eval": {}}
+    run = start_run(recipe, out, data, rollout, metrics_rows=state.metrics_rows if state else None)
+    run.wall_offset = (state.wall_seconds if state else 0.0) - start
+    summary: dict = {"eval": dict(state.summary.get("eval", {})) if state else {}}
     try:
-        if recipe.sft.steps > 0:
-            run_sft(run, data["sft"])
+        if recipe.sft.steps > 0 and "sft" not in summary["eval"]:
+            run_sft(run, data["sft"], _stage_state(state, "sft"), summary)
             summary["eval"]["sft"] = evaluate(run, data["eval"], "sft")
             run.learner.save(str(out / "checkpoints" / "sft"))
-        if recipe.grpo.steps > 0:
-            run_grpo(run, data["rl"])
+        if recipe.grpo.steps > 0 and "grpo" not in summary["eval"]:
+            run_grpo(run, data["rl"], _stage_state(state, "grpo"), summary)
             summary["eval"]["grpo"] = evaluate(run, data["eval"], "grpo")
             run.learner.save(str(out / "checkpoints" / "grpo"))
     finally:
         run.close()
-    summary["wall_seconds"] = round(time.time() - start, 1)
+    summary["wall_seconds"] = round(time.time() + run.wall_offset, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
     return summary
+
+
+def _new_run(recipe: Recipe, out: Path) -> None:
+    if (out / "metrics.jsonl").exists():
+        raise ConfigError(
+            f"{out} already holds a run (metrics.jsonl): choose another --out, or --resume it"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "recipe.resolved.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+
+
+def _resume_state(recipe: Recipe, out: Path) -> DriverState:
+    """The latest checkpoint's driver state, after checking the recipe is the run's."""
+    saved = out / "recipe.resolved.json"
+    if not saved.is_file():
+        raise ConfigError(f"--resume: {out} holds no run (no recipe.resolved.json)")
+    checkpoints = list_checkpoints(out)
+    if not checkpoints:
+        raise ConfigError(f"--resume: {out} has no resumable checkpoint yet (checkpoints/state/)")
+    before, now = _flatten(json.loads(saved.read_text())), _flatten(asdict(recipe))
+    changed = sorted(
+        k
+        for k in before.keys() | now.keys()
+        if before.get(k) != now.get(k) and not k.startswith(RESUME_MAY_CHANGE)
+    )
+    if changed:
+        diffs = ", ".join(f"{k} (run: {before.get(k)!r}, now: {now.get(k)!r})" for k in changed)
+        raise ConfigError(f"--resume: the recipe differs from the run's at {diffs}")
+    state = load_driver_state(checkpoints[-1])
+    tqdm.write(f"resuming {out} from {checkpoints[-1].name}")
+    return state
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "generator_args" and key != "weights":
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _stage_state(state: DriverState | None, stage: str) -> DriverState | None:
+    """The driver state to resume ``stage`` from, if the latest checkpoint is inside it."""
+    return state if state is not None and state.stage == stage else None
 
 
 def load_data(recipe: Recipe, out: Path) -> dict[str, list[dict]]:
@@ -87,14 +135,16 @@ def load_data(recipe: Recipe, out: Path) -> dict[str, list[dict]]:
     return data
 
 
-def run_sft(run: Run, rows: list[dict]) -> None:
+def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict) -> None:
     """Supervised fine-tuning on the completions (loss on completion tokens only)."""
     cfg = run.recipe.sft
     run.learner.configure_optimizer(cfg.lr, cfg.weight_decay)
-    order = _cycle(len(rows), run.recipe.seed)
-    bar = tqdm(range(1, cfg.steps + 1), desc="SFT", unit="step", dynamic_ncols=True)
+    first, order = _start_stage(run, "sft", state, len(rows), run.recipe.seed)
+    bar = tqdm(
+        range(first, cfg.steps + 1), initial=first - 1, total=cfg.steps, desc="SFT", unit="step"
+    )
     for step in bar:
-        picked = [rows[next(order)] for _ in range(cfg.batch_size)]
+        picked = [rows[i] for i in order.take(cfg.batch_size)]
         prompts = [run.prompt_ids(r["prompt"]) for r in picked]
         targets = [run.completion_ids(r["completion"]) for r in picked]
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
@@ -112,90 +162,54 @@ def run_sft(run: Run, rows: list[dict]) -> None:
                 lr=lr,
                 time_learner=time.time() - t0,
             )
+        _maybe_checkpoint(run, "sft", step, cfg.steps, order, summary)
     run.sync_weights()
 
 
-def run_grpo(run: Run, rows: list[dict]) -> None:
-    """GRPO: sample groups, score, advantages, one policy-gradient step, push weights."""
+def run_grpo(run: Run, rows: list[dict], state: DriverState | None, summary: dict) -> None:
+    """GRPO: sample groups, score, advantages, policy-gradient updates, push weights."""
     cfg = run.recipe.grpo
     run.learner.configure_optimizer(cfg.lr, cfg.weight_decay)
-    order = _cycle(len(rows), run.recipe.seed + 1)
-    bar = tqdm(range(1, cfg.steps + 1), desc="GRPO", unit="step", dynamic_ncols=True)
+    if cfg.kl_coef > 0:  # the policy as GRPO starts (a resume then loads the saved one)
+        run.learner.snapshot_reference()
+    first, order = _start_stage(run, "grpo", state, len(rows), run.recipe.seed + 1)
+    bar = tqdm(
+        range(first, cfg.steps + 1), initial=first - 1, total=cfg.steps, desc="GRPO", unit="step"
+    )
     for step in bar:
-        picked = [rows[next(order)] for _ in range(cfg.prompts_per_step)]
-        metrics = grpo_step(run, picked, step)
+        metrics = grpo_step(run, rows, order, step)
         run.log.write(step=step, stage="grpo", **metrics)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.3f}")
+        _maybe_checkpoint(run, "grpo", step, cfg.steps, order, summary)
 
 
-def grpo_step(run: Run, picked: list[dict], step: int) -> dict:
-    cfg, timing = run.recipe.grpo, {}
-    prompts = [run.prompt_ids(r["prompt"]) for r in picked]
+def _start_stage(
+    run: Run, stage: str, state: DriverState | None, num_rows: int, seed: int
+) -> tuple[int, DataOrder]:
+    """The first step to run and the data order; from a checkpoint when resuming."""
+    if state is None:
+        return 1, DataOrder(num_rows, seed)
+    path = list_checkpoints(run.out)[-1] / "learner"
+    run.learner.load_state(str(path))
+    run.sync_weights()  # the engine started from the initial weights
+    return state.step + 1, DataOrder(num_rows, seed, state.data_position)
 
-    t0 = time.time()
-    completions = ray.get(
-        run.rollout.generate.remote(
-            prompts,
-            n=cfg.group_size,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_tokens=cfg.max_new_tokens,
-            seed=run.recipe.rollout.seed + 100_003 * step,
-        )
+
+def _maybe_checkpoint(
+    run: Run, stage: str, step: int, last: int, order: DataOrder, summary: dict
+) -> None:
+    every = run.recipe.checkpoint.every
+    if step != last and (every == 0 or step % every):
+        return
+    state = DriverState(
+        stage=stage,
+        step=step,
+        data_position=order.position,
+        summary={"eval": dict(summary["eval"])},
+        metrics_rows=run.log.rows,
+        wall_seconds=round(time.time() + run.wall_offset, 1),
     )
-    timing["time_generate"] = time.time() - t0
-
-    t0 = time.time()
-    rows = [picked[c.prompt_index] for c in completions]
-    scored = run.pool.score([c.text for c in completions], rows)
-    rewards = torch.tensor([s.reward for s in scored])  # (P * G,)
-    timing["time_reward"] = time.time() - t0
-
-    advantages = compute_advantages(rewards, cfg.group_size, cfg.estimator)
-    batch = make_batch(
-        [prompts[c.prompt_index] for c in completions],
-        [c.token_ids for c in completions],
-        run.pad_id,
-        advantages=advantages.tolist(),
-        rollout_logprobs=[c.logprobs for c in completions],
-    )
-    t0 = time.time()
-    lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.lr_schedule)
-    update = run.learner.grpo_step(
-        batch,
-        lr,
-        run.recipe.learner.micro_batch_size,
-        loss_cfg={"clip_low": cfg.clip_low, "clip_high": cfg.clip_high, "loss_agg": cfg.loss_agg},
-        temperature=cfg.temperature,
-        max_grad_norm=cfg.max_grad_norm,
-    )
-    timing["time_learner"] = time.time() - t0
-
-    t0 = time.time()
-    run.sync_weights()
-    timing["time_sync"] = time.time() - t0
-    return {
-        **rollout_health(rewards, completions, cfg.group_size),
-        "lr": lr,
-        **update,
-        **stats(scored),
-        **timing,
-        "time_step": sum(timing.values()),
-    }
-
-
-def rollout_health(rewards: torch.Tensor, completions: list, group_size: int) -> dict:
-    """Reward and length statistics of one step's rollouts."""
-    groups = rewards.view(-1, group_size)
-    lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
-    return {
-        "reward_mean": float(rewards.mean()),
-        "reward_std": float(rewards.std()) if len(rewards) > 1 else 0.0,
-        "zero_variance_frac": float((groups.max(1).values == groups.min(1).values).float().mean()),
-        "truncation_rate": sum(c.truncated for c in completions) / len(completions),
-        "response_len_mean": float(lengths.mean()),
-        "response_len_max": int(lengths.max()),
-    }
+    save_checkpoint(run.learner, run.out, state, run.recipe.checkpoint.keep_last)
 
 
 def evaluate(run: Run, rows: list[dict], stage: str) -> dict:
@@ -221,12 +235,3 @@ def evaluate(run: Run, rows: list[dict], stage: str) -> dict:
         f"held-out accuracy after {stage.upper()}: {result['accuracy']:.3f} ({correct}/{len(rows)})"
     )
     return result
-
-
-def _cycle(n: int, seed: int):
-    """Endless shuffled passes over range(n)."""
-    rng = random.Random(seed)
-    while True:
-        order = list(range(n))
-        rng.shuffle(order)
-        yield from order

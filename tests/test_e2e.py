@@ -98,3 +98,47 @@ def test_sft_then_grpo_end_to_end(rollout_worker, tiny_policy_dir, tmp_path):
     )
     assert match.mean() < 1e-4 and match.max() < 1e-3, (match.mean(), match.max())
     assert moved.mean() > 1e-2, moved.mean()
+
+
+def test_dapo_with_kl_mismatch_correction_and_mini_batches(
+    rollout_worker, tiny_policy_dir, tmp_path
+):
+    """The GRPO family's switches together on the real stack: the dapo preset (dynamic
+    sampling, clip-higher, truncation masking), a KL loss against the frozen start policy,
+    token-level mismatch correction and two mini-batches per step."""
+    recipe = load_recipe(
+        "recipes/demo.yaml",
+        [
+            f"model.path={tiny_policy_dir}",
+            "algorithm=dapo",
+            "data.generator_args={n_sft: 512, n_rl: 256, n_eval: 16, seed: 4, max_terms: 2, max_digits: 1}",
+            "sft.steps=30",
+            "sft.batch_size=32",
+            "sft.lr=3e-3",
+            "grpo.steps=3",
+            "grpo.prompts_per_step=8",
+            "grpo.group_size=4",
+            "grpo.lr=2e-3",
+            "grpo.max_new_tokens=16",
+            "grpo.overlong_buffer=4",
+            "grpo.mini_batches=2",
+            "grpo.kl_coef=0.05",
+            "grpo.mismatch_correction=token",
+            "eval.max_new_tokens=16",
+        ],
+    )
+    assert recipe.grpo.dynamic_sampling and recipe.grpo.clip_high == 0.28
+    train(recipe, tmp_path, rollout=rollout_worker)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    grpo = [r for r in rows if r["stage"] == "grpo"]
+    assert [r["step"] for r in grpo] == [1, 2, 3]
+    for r in grpo:
+        assert 0 <= r["zero_variance_frac"] <= 1 and 0 <= r["refill_rounds"] <= 3
+        assert r["prompts_sampled"] == 8 * (1 + r["refill_rounds"])
+        assert r["kl"] >= 0 and r["overlong_penalty_mean"] <= 0
+    learned = [r for r in grpo if r["rows_learned"]]
+    assert learned, "no learning signal in the test"
+    for r in learned:
+        assert r["optimizer_steps"] <= 2 and r["is_weight_mean"] > 0 and r["kl_loss"] >= 0
+    # step 1 starts at the reference: KL 0 up to the engine's numerics; then the policy moves
+    assert grpo[0]["kl"] < 1e-4 and grpo[-1]["kl"] > grpo[0]["kl"]

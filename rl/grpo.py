@@ -1,0 +1,310 @@
+"""One GRPO step: sample groups, score them, turn rewards into advantages, update, sync.
+
+1. ``sample_groups``: ``prompts_per_step`` prompts, G completions each from the rollout
+   worker (token ids and the sampling distribution's logprobs: no re-tokenization), scored by
+   the reward pool. With DAPO's dynamic sampling, groups whose rewards are all equal (no
+   learning signal) are dropped and more prompts are drawn, up to ``max_refill_rounds``
+   extra generation rounds; the batch is then the first ``prompts_per_step`` kept groups.
+2. Shaping: DAPO's soft overlong penalty is added to the reward; truncated completions can be
+   masked out of the loss (they still count in their group's baseline).
+3. ``compute_advantages`` per group; ``update_policy``: ``epochs`` passes over the batch, each
+   ``mini_batches`` optimizer steps, with old logprobs from the learner or the rollout.
+4. The learner's weights go to the rollout worker (one gather, one blob).
+
+Everything random in a step is a function of the step number (sampling seeds, shuffles), and
+prompts come from a ``DataOrder`` whose position is checkpointed: a resumed run repeats the
+steps of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import ray
+import torch
+
+from rewards import stats
+from rl.advantages import compute_advantages
+from rl.batch import Batch, make_batch, shard_rows
+from rl.checkpoint import DataOrder
+from rl.losses import kl_in_reward, kl_penalty
+from rl.schedule import lr_at
+from rl.setup import Run
+
+
+@dataclass
+class Groups:
+    """Scored completions, G consecutive per prompt."""
+
+    prompts: list[list[int]]  # one per completion
+    completions: list  # rollouts.types.Completion
+    scored: list  # rewards.ScoreResult
+    rewards: torch.Tensor  # (N,) the reward pool's
+
+    def select(self, groups: list[int], size: int) -> Groups:
+        rows = [g * size + i for g in groups for i in range(size)]
+        return Groups(
+            [self.prompts[r] for r in rows],
+            [self.completions[r] for r in rows],
+            [self.scored[r] for r in rows],
+            self.rewards[rows],
+        )
+
+    def __add__(self, other: Groups) -> Groups:
+        return Groups(
+            self.prompts + other.prompts,
+            self.completions + other.completions,
+            self.scored + other.scored,
+            torch.cat([self.rewards, other.rewards]),
+        )
+
+
+def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
+    """Sample, score, update, sync; returns the step's metrics row."""
+    cfg = run.recipe.grpo
+    timing = {"time_generate": 0.0, "time_reward": 0.0}
+    groups, sampling = sample_groups(run, rows, order, step, timing)
+
+    batch = make_batch(
+        groups.prompts,
+        [c.token_ids for c in groups.completions],
+        run.pad_id,
+        rollout_logprobs=[c.logprobs for c in groups.completions],
+    )
+    rewards, shaping = shape_rewards(run, groups, batch)
+    batch.advantages = compute_advantages(rewards, cfg.group_size, cfg.estimator)
+    if cfg.mask_truncated:
+        truncated = torch.tensor([c.truncated for c in groups.completions])
+        batch.loss_mask[truncated] = 0.0
+
+    t0 = time.time()
+    lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.lr_schedule)
+    update = update_policy(run, batch, lr, step)
+    timing["time_learner"] = time.time() - t0
+
+    t0 = time.time()
+    run.sync_weights()
+    timing["time_sync"] = time.time() - t0
+    return {
+        **sampling,
+        **shaping,
+        **rollout_health(groups, cfg.group_size),
+        "lr": lr,
+        **update,
+        **stats(groups.scored),
+        **timing,
+        "time_step": sum(timing.values()),
+    }
+
+
+def shape_rewards(run: Run, groups: Groups, batch: Batch) -> tuple[torch.Tensor, dict]:
+    """The rewards advantages are computed from: the pool's, plus DAPO's soft overlong
+    penalty, minus beta x KL when the KL goes in the reward. Sets ``batch.ref_logprobs``
+    when there is a KL term."""
+    cfg = run.recipe.grpo
+    rewards, metrics = groups.rewards.clone(), {"kl": None}  # no reference: no KL to report
+    if cfg.overlong_buffer > 0:
+        from rewards.shaping import overlong_penalty
+
+        penalty = cfg.overlong_penalty * torch.tensor(
+            [
+                overlong_penalty(len(c.token_ids), cfg.max_new_tokens, cfg.overlong_buffer)
+                for c in groups.completions
+            ]
+        )
+        rewards += penalty
+        metrics["overlong_penalty_mean"] = float(penalty.mean())
+    if cfg.kl_coef > 0:
+        batch.ref_logprobs = run.learner.logprobs(
+            batch, run.recipe.learner.micro_batch_size, cfg.temperature, reference=True
+        )
+        mask = batch.loss_mask > 0
+        per_token = kl_penalty(batch.rollout_logprobs, batch.ref_logprobs, cfg.kl_estimator)
+        metrics["kl"] = float(per_token[mask].mean()) if mask.any() else 0.0
+        if cfg.kl_in == "reward":
+            rewards -= cfg.kl_coef * kl_in_reward(
+                batch.rollout_logprobs, batch.ref_logprobs, batch.loss_mask, cfg.kl_estimator
+            )
+    return rewards, metrics
+
+
+def sample_groups(
+    run: Run, rows: list[dict], order: DataOrder, step: int, timing: dict
+) -> tuple[Groups, dict]:
+    """``prompts_per_step`` scored groups; with dynamic sampling, only groups whose rewards
+    differ, refilled from more prompts for at most ``max_refill_rounds`` extra rounds."""
+    cfg = run.recipe.grpo
+    picked = [rows[i] for i in order.take(cfg.prompts_per_step)]
+    first = _generate_and_score(run, picked, step, 0, timing)
+    zero_var = _zero_variance(first.rewards, cfg.group_size)
+    info = {  # of the first round: what plain GRPO would have trained on
+        "reward_mean": float(first.rewards.mean()),
+        "reward_std": float(first.rewards.std()) if len(first.rewards) > 1 else 0.0,
+        "zero_variance_frac": float(zero_var.float().mean()),
+    }
+    if not cfg.dynamic_sampling:
+        return first, info
+    info["refill_rounds"] = 0
+    kept = first.select(torch.nonzero(~zero_var).flatten().tolist(), cfg.group_size)
+    prompts_sampled = len(picked)
+    for round_ in range(1, cfg.max_refill_rounds + 1):
+        missing = cfg.prompts_per_step - len(kept.rewards) // cfg.group_size
+        if missing <= 0:
+            break
+        picked = [rows[i] for i in order.take(cfg.prompts_per_step)]
+        more = _generate_and_score(run, picked, step, round_, timing)
+        keep = torch.nonzero(~_zero_variance(more.rewards, cfg.group_size)).flatten().tolist()
+        kept = kept + more.select(keep, cfg.group_size)
+        prompts_sampled += len(picked)
+        info["refill_rounds"] = round_
+    num_kept = min(cfg.prompts_per_step, len(kept.rewards) // cfg.group_size)
+    info["prompts_sampled"] = prompts_sampled
+    info["groups_kept"] = num_kept
+    if num_kept == 0:  # no signal anywhere: the first round, all advantages 0, no update
+        return first, info
+    return kept.select(list(range(num_kept)), cfg.group_size), info
+
+
+def _generate_and_score(
+    run: Run, picked: list[dict], step: int, round_: int, timing: dict
+) -> Groups:
+    cfg = run.recipe.grpo
+    prompts = [run.prompt_ids(r["prompt"]) for r in picked]
+    t0 = time.time()
+    completions = ray.get(
+        run.rollout.generate.remote(
+            prompts,
+            n=cfg.group_size,
+            temperature=cfg.temperature,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_new_tokens,
+            seed=run.recipe.rollout.seed + 100_003 * step + 7_919 * round_,
+        )
+    )
+    timing["time_generate"] += time.time() - t0
+    t0 = time.time()
+    scored = run.pool.score(
+        [c.text for c in completions], [picked[c.prompt_index] for c in completions]
+    )
+    timing["time_reward"] += time.time() - t0
+    return Groups(
+        [prompts[c.prompt_index] for c in completions],
+        completions,
+        scored,
+        torch.tensor([s.reward for s in scored], dtype=torch.float32),
+    )
+
+
+def _zero_variance(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """(P,) True where a group's rewards are all equal."""
+    groups = rewards.view(-1, group_size)
+    return groups.max(1).values == groups.min(1).values
+
+
+def update_policy(run: Run, batch: Batch, lr: float, step: int) -> dict:
+    """``epochs`` passes over the batch, each ``mini_batches`` optimizer steps on whole groups.
+
+    The first mini-batch of the first pass is on-policy (its old logprobs are its own); the
+    later ones need the pre-update logprobs, from the learner (one no-grad forward) or the
+    rollout engine. Metrics: loss, clip fractions and ratios over all updates; learner-vs-
+    rollout logprob diff and entropy from the first update (before the weights move)."""
+    cfg, learner_cfg = run.recipe.grpo, run.recipe.learner
+    if cfg.epochs * cfg.mini_batches > 1:
+        batch.old_logprobs = (
+            batch.rollout_logprobs
+            if cfg.old_logprobs == "rollout"
+            else _learner_logprobs(run, batch)
+        )
+    group_rows = torch.arange(len(batch)).view(-1, cfg.group_size)  # (P, G)
+    shuffle = torch.Generator().manual_seed(run.recipe.seed * 1_000_003 + step)
+    options = {
+        "loss_cfg": {
+            "clip_low": cfg.clip_low,
+            "clip_high": cfg.clip_high,
+            "clip_ratio_c": cfg.clip_ratio_c,
+            "loss_agg": cfg.loss_agg,
+            "max_len": cfg.max_new_tokens,  # seq-mean-token-sum-norm's constant, not a batch's
+            "ratio_level": cfg.ratio_level,
+            "entropy_coef": cfg.entropy_coef,
+        },
+        "temperature": cfg.temperature,
+        "max_grad_norm": cfg.max_grad_norm,
+        "kl": _kl_in_loss(cfg),
+        "mismatch": None
+        if cfg.mismatch_correction == "none"
+        else {"level": cfg.mismatch_correction, "cap": cfg.mismatch_cap},
+    }
+    updates = []
+    for epoch in range(cfg.epochs):
+        order = torch.arange(len(group_rows))
+        if epoch > 0:
+            order = torch.randperm(len(group_rows), generator=shuffle)
+        for part in shard_rows(len(order), cfg.mini_batches):
+            rows = group_rows[order[part]].reshape(-1)
+            updates.append(
+                run.learner.grpo_step(
+                    batch.select(rows), lr, learner_cfg.micro_batch_size, **options
+                )
+            )
+    return _combine_updates(updates, cfg.mini_batches)
+
+
+def _kl_in_loss(cfg) -> dict | None:
+    if cfg.kl_coef > 0 and cfg.kl_in == "loss":
+        return {"coef": cfg.kl_coef, "kind": cfg.kl_estimator}
+    return None
+
+
+def _learner_logprobs(run: Run, batch: Batch) -> torch.Tensor:
+    """The learner's logprobs of the rows that will learn; 0 elsewhere. Without a KL loss or
+    an entropy bonus, rows with advantage 0 do not learn (see LearnerGroup.grpo_step)."""
+    cfg = run.recipe.grpo
+    learn = batch.advantages != 0
+    if _kl_in_loss(cfg) or cfg.entropy_coef:
+        learn = torch.ones_like(learn)
+    old = torch.zeros_like(batch.loss_mask)
+    if learn.any():
+        old[learn] = run.learner.logprobs(
+            batch.select(learn), run.recipe.learner.micro_batch_size, run.recipe.grpo.temperature
+        )
+    return old
+
+
+def _combine_updates(updates: list[dict], mini_batches: int) -> dict:
+    done = [u for u in updates if u["rows_learned"]]
+    first = done[0] if done else updates[0]  # steps that learned nothing left the weights as-is
+
+    def mean(key: str) -> float | None:
+        return sum(u[key] for u in done) / len(done) if done else None
+
+    extra = {k: mean(k) for k in ("kl_loss", "is_weight_mean", "is_capped_frac") if k in first}
+    if "is_weight_max" in first:
+        extra["is_weight_max"] = max(u["is_weight_max"] for u in done)
+    return {
+        **extra,
+        "loss": mean("loss") or 0.0,
+        "grad_norm": mean("grad_norm") or 0.0,
+        "optimizer_steps": len(done),
+        "rows_learned": sum(u["rows_learned"] for u in updates[:mini_batches]),
+        "logprob_diff_mean": first.get("logprob_diff_mean"),
+        "logprob_diff_max": first.get("logprob_diff_max"),
+        "entropy": first.get("entropy"),
+        "clip_frac_low": mean("clip_frac_low"),
+        "clip_frac_high": mean("clip_frac_high"),
+        "ratio_mean": mean("ratio_mean"),
+        "ratio_min": min((u["ratio_min"] for u in done), default=None),
+        "ratio_max": max((u["ratio_max"] for u in done), default=None),
+    }
+
+
+def rollout_health(groups: Groups, group_size: int) -> dict:
+    """Truncation and length statistics of the batch trained on."""
+    completions = groups.completions
+    lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
+    return {
+        "batch_reward_mean": float(groups.rewards.mean()),
+        "truncation_rate": sum(c.truncated for c in completions) / len(completions),
+        "response_len_mean": float(lengths.mean()),
+        "response_len_max": int(lengths.max()),
+    }

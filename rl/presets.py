@@ -1,0 +1,47 @@
+"""Algorithm presets: GRPO, Dr. GRPO and DAPO are configurations of the same trainer.
+
+``algorithm: NAME`` in a recipe (or ``algorithm=NAME`` on the command line) fills in the
+``grpo.*`` keys below; keys the recipe sets itself win. Adding a variant is adding an entry.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ALGORITHMS: dict[str, dict[str, Any]] = {
+    # DeepSeekMath / R1: group-normalised advantages, symmetric clip.
+    "grpo": {"estimator": "grpo", "clip_low": 0.2, "clip_high": 0.2},
+    # Dr. GRPO (Liu et al. 2025): no std division, no length normalisation per sequence.
+    "dr_grpo": {
+        "estimator": "dr_grpo",
+        "loss_agg": "seq-mean-token-sum-norm",
+        "clip_low": 0.2,
+        "clip_high": 0.2,
+    },
+    # DAPO (Yu et al. 2025): clip-higher, dynamic sampling, token-level loss, overlong
+    # shaping (soft penalty over the last quarter of the length budget; truncations masked).
+    "dapo": {
+        "estimator": "grpo",
+        "loss_agg": "token-mean",
+        "clip_low": 0.2,
+        "clip_high": 0.28,
+        "dynamic_sampling": True,
+        "max_refill_rounds": 3,
+        "mask_truncated": True,
+    },
+}
+
+
+def apply_algorithm(raw: dict[str, Any], source: str) -> dict[str, Any]:
+    """The raw recipe with the named algorithm's grpo keys filled in under its own."""
+    from rl.errors import ConfigError
+
+    name = raw.get("algorithm")
+    if name is None:
+        return raw
+    if name not in ALGORITHMS:
+        raise ConfigError(f"{source}: key 'algorithm' must be one of {sorted(ALGORITHMS)}")
+    grpo = raw.get("grpo") or {}
+    if not isinstance(grpo, dict):
+        return raw  # reported by the type check that follows
+    return {**raw, "grpo": {**ALGORITHMS[name], **grpo}}
