@@ -8,7 +8,9 @@ replaced, and its sample scores 0 with `timed_out=True`.
 This is the one place where errors from reward functions are caught: any exception a reward
 function raises on a completion (math-verify's `TimeoutException`, a BaseException, included)
 scores that component 0 and is reported in `ScoreResult.error`, and `stats` counts them. A
-`RewardDataError` (a bad data row) is re-raised in the caller instead.
+`RewardDataError` (a bad data row) is re-raised in the caller instead, or, with
+`score(..., on_data_error="report")`, reported in that sample's `ScoreResult.data_error`. A
+`RewardSetupError` (the reward cannot run safely here, e.g. no sandbox) is always re-raised.
 
 Workers are started with "spawn": the caller has torch and many threads loaded, and forking it
 is unsafe. They start on the first `score` call, import the reward functions once, and are
@@ -28,7 +30,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-from .registry import RewardDataError, RewardFn, get_reward
+from .registry import RewardDataError, RewardFn, RewardSetupError, get_reward
 
 MAX_WORKERS = 8
 """Default cap on the number of workers."""
@@ -52,6 +54,8 @@ class ScoreResult:
     """The sample took longer than `timeout_s`; its worker was killed."""
     error: str | None = None
     """`"<ExceptionType>: msg"` for each reward function that raised, joined by "; "."""
+    data_error: str | None = None
+    """With `on_data_error="report"`: why the row could not be scored (then reward is 0.0)."""
 
 
 def stats(results: list[ScoreResult]) -> dict[str, float]:
@@ -64,6 +68,11 @@ def stats(results: list[ScoreResult]) -> dict[str, float]:
         "reward_latency_mean_s": sum(latencies) / len(latencies) if latencies else 0.0,
         "reward_latency_p99_s": p99,
     }
+
+
+def default_num_workers() -> int:
+    """One worker per core but one (the caller's), at least 1, at most `MAX_WORKERS`."""
+    return min(MAX_WORKERS, max(1, (os.cpu_count() or 1) - 1))
 
 
 # ---- inside a worker process -------------------------------------------------------------
@@ -87,7 +96,7 @@ def _worker_main(conn: Connection, names: list[str]) -> None:
 
 
 def _score_sample(fns: dict[str, RewardFn], completion: str, row: dict[str, Any]) -> tuple:
-    """("result", components, errors), or ("data_error", message) for a bad row."""
+    """("result", components, errors), or ("data_error" | "setup_error", message)."""
     components: dict[str, float] = {}
     errors: list[str] = []
     # A row may carry a reference "completion" (an SFT target); the scored one is ours.
@@ -97,6 +106,8 @@ def _score_sample(fns: dict[str, RewardFn], completion: str, row: dict[str, Any]
             components[name] = float(fn(completion, **fields))
         except RewardDataError as exc:
             return ("data_error", f"reward {name!r}: {exc}")
+        except RewardSetupError as exc:
+            return ("setup_error", f"reward {name!r}: {exc}")
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # untrusted output: score 0 and report it, whatever it was
@@ -151,7 +162,7 @@ class RewardPool:
         if timeout_s <= 0:
             raise ValueError(f"timeout_s must be positive, got {timeout_s}")
         if num_workers is None:
-            num_workers = min(MAX_WORKERS, max(1, (os.cpu_count() or 1) - 1))
+            num_workers = default_num_workers()
         if num_workers < 1:
             raise ValueError(f"num_workers must be at least 1, got {num_workers}")
         for name in rewards:  # fail here on a bad name, not in a worker
@@ -169,8 +180,17 @@ class RewardPool:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def score(self, completions: list[str], rows: list[dict[str, Any]]) -> list[ScoreResult]:
-        """Score each completion with its data row; results are in input order."""
+    def score(
+        self, completions: list[str], rows: list[dict[str, Any]], *, on_data_error: str = "raise"
+    ) -> list[ScoreResult]:
+        """Score each completion with its data row; results are in input order.
+
+        A bad row raises `RewardDataError` (`on_data_error="raise"`), or gives a result with
+        `data_error` set and reward 0.0 (`"report"`): offline evaluation counts bad rows
+        instead of stopping at the first.
+        """
+        if on_data_error not in ("raise", "report"):
+            raise ValueError(f"on_data_error must be 'raise' or 'report', got {on_data_error!r}")
         if len(completions) != len(rows):
             raise ValueError(f"{len(completions)} completions but {len(rows)} rows")
         if self._closed:
@@ -184,7 +204,7 @@ class RewardPool:
         try:
             while pending or any(w.job for w in self._workers):
                 self._dispatch(pending, completions, rows)
-                self._collect(results)
+                self._collect(results, on_data_error)
                 self._expire(results)
         finally:
             # On an error (RewardDataError, Ctrl-C), kill the workers that hold a sample, so
@@ -220,7 +240,7 @@ class RewardPool:
                     continue
                 worker.job = (index, time.monotonic())
 
-    def _collect(self, results: list[ScoreResult | None]) -> None:
+    def _collect(self, results: list[ScoreResult | None], on_data_error: str) -> None:
         """Wait until a message arrives or the nearest deadline passes; handle the messages."""
         timeout = max(0.0, self._next_deadline() - time.monotonic())
         for conn in wait([w.conn for w in self._workers], timeout):
@@ -235,10 +255,16 @@ class RewardPool:
                 continue
             index, dispatched_at = worker.job
             worker.job = None
-            if message[0] == "data_error":
+            latency = time.monotonic() - dispatched_at
+            if message[0] == "setup_error":
+                raise RewardSetupError(message[1])
+            if message[0] == "data_error" and on_data_error == "raise":
                 raise RewardDataError(message[1])
+            if message[0] == "data_error":
+                results[index] = self._result({}, latency, [], data_error=message[1])
+                continue
             _, components, errors = message
-            results[index] = self._result(components, time.monotonic() - dispatched_at, errors)
+            results[index] = self._result(components, latency, errors)
 
     def _expire(self, results: list[ScoreResult | None]) -> None:
         now = time.monotonic()
@@ -286,8 +312,9 @@ class RewardPool:
         errors: list[str],
         *,
         timed_out: bool = False,
+        data_error: str | None = None,
     ) -> ScoreResult:
         components = {name: components.get(name, 0.0) for name in self.weights}
         reward = sum(self.weights[name] * value for name, value in components.items())
         error = "; ".join(errors) if errors else None
-        return ScoreResult(reward, components, latency_s, timed_out, error)
+        return ScoreResult(reward, components, latency_s, timed_out, error, data_error)

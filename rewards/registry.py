@@ -3,7 +3,8 @@
 A reward function scores one completion: `fn(completion: str, **row) -> float`, where `row`
 holds the data row's fields (e.g. `answer`) and the function ignores the fields it does not use.
 Whatever the model wrote, the function returns a score; it raises `RewardDataError` when the
-*row* is bad (an unparsable gold answer), because a data error must stop a run, not score 0.
+*row* is bad (an unparsable gold answer), because a data error must stop a run, not score 0, and
+`RewardSetupError` when it cannot grade safely here at all (no sandbox for code).
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ RewardFn = Callable[..., float]
 BUILTIN_REWARDS: dict[str, str] = {
     "math": ".math:math_reward",
     "format": ".format:format_reward",
+    "code": ".code:code_reward",
+    "code_binary": ".code:code_reward_binary",
 }
 
 
 class RewardDataError(ValueError):
     """The data row, not the completion, is invalid (e.g. an unparsable gold answer)."""
+
+
+class RewardSetupError(RuntimeError):
+    """The reward cannot run safely on this machine (e.g. no sandbox for code): stop, never 0."""
 
 
 def get_reward(name: str) -> RewardFn:

@@ -17,6 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory")
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.steps=10")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
+    add_eval_rewards_parser(sub)
     check = sub.add_parser("check", help="rollout-vs-learner logprob parity and weight-sync check")
     check.add_argument("--model", required=True, help="a Hugging Face model folder or a preset")
     check.add_argument("--out", required=True, help="report JSON file")
@@ -32,6 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_eval_rewards_parser(sub: argparse._SubParsersAction) -> None:
+    """`r1kit eval-rewards`: the reward lab (rewards/lab.py documents the report)."""
+    lab = sub.add_parser(
+        "eval-rewards", help="score a JSONL file of completions with a reward, offline"
+    )
+    lab.add_argument("--reward", required=True, help="math, code, code_binary, format, module:fn")
+    lab.add_argument("--data", required=True, help="JSONL rows: completion + the reward's fields")
+    lab.add_argument("--out", required=True, help="report JSON")
+    lab.add_argument("--rows-out", help="per-row results (JSONL)")
+    lab.add_argument("--workers", type=int, help="worker processes (default: cores - 1)")
+    lab.add_argument("--timeout", type=float, default=30.0, help="seconds per row (default 30)")
+    lab.add_argument("--compare", metavar="NAME2", help="a second reward: where do they disagree")
+    lab.add_argument("--plot", help="PNG of the reward and latency distributions")
+    lab.add_argument(
+        "--unsafe-no-sandbox",
+        action="store_true",
+        help="where bubblewrap cannot run, run code rewards WITHOUT isolation",
+    )
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from rl.config import load_recipe
 
@@ -45,6 +66,40 @@ def cmd_train(args: argparse.Namespace) -> int:
         f"held-out accuracy: {' -> '.join(parts)}; wall {summary['wall_seconds']:.0f}s; "
         f"outputs in {args.out}"
     )
+    return 0
+
+
+def cmd_eval_rewards(args: argparse.Namespace) -> int:
+    from rewards.lab import LabError, run_lab
+
+    try:
+        report = run_lab(
+            args.reward,
+            args.data,
+            args.out,
+            rows_out=args.rows_out,
+            workers=args.workers,
+            timeout_s=args.timeout,
+            compare=args.compare,
+            plot=args.plot,
+            unsafe_no_sandbox=args.unsafe_no_sandbox,
+        )
+    except LabError as e:
+        raise R1kitError(str(e)) from None
+    mean = "n/a" if report["mean"] is None else f"{report['mean']:.4f}"
+    latency = report["latency"]
+    print(
+        f"{report['reward']}: n={report['n']} mean={mean} errors={report['errors']} "
+        f"reward_errors={report['reward_errors']} timeouts={report['timeouts']} "
+        f"latency mean {latency['mean_s']:.3f}s p99 {latency['p99_s']:.3f}s; "
+        f"wall {report['wall_s']:.1f}s; report in {args.out}"
+    )
+    for bad in report["error_rows"][:5]:
+        print(f"  not scored: {args.data}:{bad['line']}: {bad['error']}")
+    if "compare" in report:
+        c = report["compare"]
+        c_mean = "n/a" if c["mean"] is None else f"{c['mean']:.4f}"
+        print(f"{c['reward']}: mean={c_mean}; disagree on {c['disagree']} rows")
     return 0
 
 
@@ -75,15 +130,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # key=value overrides may come after --out (the documented form); argparse leaves them over
-    unknown = [a for a in extra if "=" not in a or a.startswith("-")]
+    takes_overrides = hasattr(args, "overrides")
+    unknown = [a for a in extra if "=" not in a or a.startswith("-") or not takes_overrides]
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    if hasattr(args, "overrides"):
+    if takes_overrides:
         args.overrides = list(args.overrides) + extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return {"train": cmd_train, "check": cmd_check}[args.command](args)
+        commands = {"train": cmd_train, "eval-rewards": cmd_eval_rewards, "check": cmd_check}
+        return commands[args.command](args)
     except R1kitError as e:
         print(f"r1kit: error: {e}", file=sys.stderr)
         return 2

@@ -12,6 +12,8 @@ import time
 
 from math_verify.errors import TimeoutException
 
+from rewards import RewardSetupError
+
 
 def sleep_forever(completion: str, **_: object) -> float:
     """Never returns on "HANG"."""
@@ -56,4 +58,11 @@ def spawn_and_hang(completion: str, pid_file: str = "", **_: object) -> float:
             f.write(str(child.pid))
         while True:
             time.sleep(3600)
+    return 0.0
+
+
+def refuse_setup(completion: str, **_: object) -> float:
+    """Raises RewardSetupError (as the code reward does without a sandbox) on "NOSANDBOX"."""
+    if "NOSANDBOX" in completion:
+        raise RewardSetupError("no sandbox here")
     return 0.0

@@ -3,7 +3,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from rewards import RewardDataError, extract_answer, math_reward
+from rewards import RewardDataError, extract_answer, final_answers, math_reward
 from rewards.math import MAX_ANSWER_CHARS, MAX_INPUT_CHARS
 
 
@@ -122,3 +122,82 @@ def test_math_verify_timeouts_only_work_on_the_main_thread():
         on = executor.submit(math_reward, r"\boxed{5}", answer="6")
         with pytest.raises(ValueError, match="thread"):
             on.result()
+
+
+@pytest.mark.parametrize(
+    ("completion", "expected"),
+    [
+        (r"<think>\boxed{1}</think> \boxed{2}", ["2"]),  # drafts in the think block do not count
+        (r"\boxed{2} or \boxed{3}", ["2", "3"]),
+        ("<think>x</think>The answer is 2. No, the answer is 3.", ["2", "3"]),
+        ("<think>x</think><answer>2</answer><answer>3</answer>", ["2", "3"]),
+        (r"<think>\boxed{1}</think>", []),  # nothing after the block
+        (r"\boxed{" + "1" * (MAX_ANSWER_CHARS + 1) + r"} \boxed{2}", []),
+    ],
+)
+def test_final_answers(completion, expected):
+    assert final_answers(completion) == expected
+
+
+@pytest.mark.parametrize(
+    ("completion", "answer", "expected"),
+    [
+        (r"<think>x</think> \boxed{3} or \boxed{4}", "4", 0.0),  # hedging, gold is the last
+        (r"<think>x</think> \boxed{3} or \boxed{4}", "3", 0.0),
+        (r"<think>x</think> \boxed{4}, so \boxed{4}", "4", 1.0),  # repeating is not hedging
+        (r"<think>x</think> \boxed{0.5} = \boxed{\frac{1}{2}}", "1/2", 1.0),  # same value
+        (r"<think>x</think> \boxed{4} \boxed{4\sqrt(2)}", "4", 0.0),  # unparsable second answer
+        (r"<think>\boxed{3}</think> \boxed{4}", "4", 1.0),  # a draft is not a hedge
+    ],
+)
+def test_hedging_scores_zero(completion, answer, expected):
+    assert math_reward(completion, answer=answer) == expected
+
+
+@pytest.mark.parametrize(
+    ("gold", "predicted"),
+    [
+        (r"\frac{1}{2^{99}}", r"\frac{1}{2^{98}}"),  # math-verify chops the 1.6e-30 difference
+        (r"\frac{1}{2004!}", r"\frac{1}{2006!}"),
+        ("2^{100}", "2^{100}+1"),
+        ("3x-y+13=0", "3x+4y+14=0"),
+        ("4", r"4\sqrt(2)"),  # malformed: math-verify's expression reader takes the 4
+        ("10^{-7}", "0.0"),  # 6-decimal rounding of a float
+        (r"\frac{x}{2^{99}}", r"\frac{x}{2^{98}}"),
+        (r"\{\frac{1}{2^{99}}, 1\}", r"\{\frac{1}{2^{98}}, 1\}"),
+    ],
+)
+def test_known_false_matches_of_math_verify_are_closed(gold, predicted):
+    assert math_reward(rf"<think>x</think> \boxed{{{predicted}}}", answer=gold) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("gold", "predicted"),
+    [
+        (r"\frac{1}{2^{99}}", "2^{-99}"),
+        ("2^{100}", "1267650600228229401496703205376"),
+        ("3x-y+13=0", "y = 3x + 13"),  # the same line: (3x-y+13) / (y-3x-13) = -1
+        ("2x+3y=6", "4x+6y=12"),  # ratio 1/2
+        (r"\frac{1}{3}", "0.333333"),  # a decimal to 6 places: relative error 1e-6 <= 1e-5
+        ("x^2+2x+1", "(x+1)^2"),
+    ],
+)
+def test_exact_checks_keep_true_matches(gold, predicted):
+    assert math_reward(rf"<think>x</think> \boxed{{{predicted}}}", answer=gold) == 1.0
+
+
+def test_missing_gold_answer_is_a_data_error():
+    with pytest.raises(RewardDataError, match="no string field 'answer'"):
+        math_reward(r"\boxed{5}")
+    with pytest.raises(RewardDataError, match="no string field 'answer'"):
+        math_reward(r"\boxed{5}", answer=5)
+
+
+def test_model_text_is_never_evaluated(tmp_path):
+    # math-verify's plain-expression reader hands text to sympy's parse_expr (which evals);
+    # r1kit reads answers as LaTeX only.
+    marker = tmp_path / "ran"
+    payload = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    assert math_reward(f"The answer is {payload}.", answer="1") == 0.0
+    assert math_reward(rf"\boxed{{{payload}}}", answer="1") == 0.0
+    assert not marker.exists()

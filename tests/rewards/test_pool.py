@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from rewards import RewardDataError, RewardPool, ScoreResult, stats
+from rewards import RewardDataError, RewardPool, RewardSetupError, ScoreResult, stats
 
 TIMEOUT_S = 1.5
 HOSTILE = "tests.rewards.hostile:"
@@ -23,6 +23,7 @@ REWARDS = {
             "raise_timeout",
             "exit_process",
             "spawn_and_hang",
+            "refuse_setup",
         ]
     },
 }
@@ -120,6 +121,22 @@ def test_bad_data_row_raises_and_the_pool_recovers(pool):
     assert [r.reward for r in pool.score([boxed(1)], [{"answer": "1"}])] == [1.5]
 
 
+def test_bad_data_rows_can_be_reported_instead(pool):
+    rows = [{"answer": "1"}, {"answer": "???"}, {"answer": "3"}]
+    results = pool.score([boxed(1), boxed(2), boxed(3)], rows, on_data_error="report")
+    assert [r.data_error is None for r in results] == [True, False, True]
+    assert "gold answer '???'" in results[1].data_error
+    assert [r.reward for r in results] == [1.5, 0.0, 1.5]
+    assert stats(results)["reward_errors"] == 0  # a bad row is not a reward error
+
+
+def test_a_setup_error_always_stops_scoring(pool):
+    for mode in ("raise", "report"):
+        with pytest.raises(RewardSetupError, match="no sandbox here"):
+            pool.score([boxed(1) + " NOSANDBOX"], [{"answer": "1"}], on_data_error=mode)
+    assert [r.reward for r in pool.score([boxed(1)], [{"answer": "1"}])] == [1.5]
+
+
 def test_workers_start_lazily_are_reused_and_reaped():
     others = worker_pids()
     with RewardPool({"format": 1.0}, num_workers=1) as pool:
@@ -148,6 +165,8 @@ def test_arguments_are_checked_before_any_worker_starts():
         assert pool.score([], []) == []
         with pytest.raises(ValueError, match="2 completions but 1 rows"):
             pool.score(["a", "b"], [{}])
+        with pytest.raises(ValueError, match="on_data_error"):
+            pool.score(["a"], [{}], on_data_error="ignore")
     with pytest.raises(ValueError, match="unknown reward 'nope'"):
         RewardPool({"nope": 1.0})
     with pytest.raises(RuntimeError, match="closed"):
