@@ -97,7 +97,7 @@ def plot_reward_curve(metrics_path: Path, png_path: Path) -> Path | None:
         ax.axhline(
             acc,
             linestyle="--",
-            color="gray" if stage == "sft" else "green",
+            color="green" if stage == "grpo" else "gray",
             label=f"held-out accuracy after {stage.upper()}: {acc:.3f}",
         )
     ax.set_xlabel("GRPO step")

@@ -58,6 +58,8 @@ def train(recipe: Recipe, out: Path, rollout=None, resume: bool = False) -> dict
             run_sft(run, data["sft"], _stage_state(state, "sft"), summary)
             summary["eval"]["sft"] = evaluate(run, data["eval"], "sft")
             run.learner.save(str(out / "checkpoints" / "sft"))
+        if recipe.sft.steps == 0 and recipe.grpo.steps > 0 and not summary["eval"]:
+            summary["eval"]["start"] = evaluate(run, data["eval"], "start")  # GRPO's baseline
         if recipe.grpo.steps > 0 and "grpo" not in summary["eval"]:
             run_grpo(run, data["rl"], _stage_state(state, "grpo"), summary)
             summary["eval"]["grpo"] = evaluate(run, data["eval"], "grpo")
