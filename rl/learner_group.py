@@ -87,6 +87,18 @@ class LearnerGroup:
         )
         return torch.cat(outs)[: len(batch)]
 
+    def routing_agreement(self, batch: Batch, micro_a: int, micro_b: int) -> float | None:
+        """Fraction of (token, MoE layer) pairs whose top-k expert set is the same in forwards
+        cut into micro-batches of ``micro_a`` and of ``micro_b`` rows (None for dense)."""
+        a, b = (self._split("routing", batch, micro_batch_size=m) for m in (micro_a, micro_b))
+        same = total = 0
+        for rank_a, rank_b in zip(a, b, strict=True):
+            for layer, rows in rank_a.items():
+                for x, y in zip(rows, rank_b[layer], strict=True):
+                    same += int((x == y).all(-1).sum())
+                    total += x.shape[0]
+        return same / total if total else None
+
     def snapshot_reference(self) -> None:
         self._all("snapshot_reference")
 
