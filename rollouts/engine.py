@@ -152,10 +152,14 @@ class VLLMEngine:
         top_p: float = 1.0,
         max_tokens: int = 64,
         seed: int | None = None,
+        seed_offset: int = 0,
     ) -> list[Completion]:
         """Sample ``n`` completions for each prompt (token ids). Greedy when temperature == 0.
 
-        Returns ``len(prompts) * n`` completions, grouped by prompt in input order.
+        Prompt ``i`` is sampled with seed ``seed + seed_offset + i``: a caller that splits one
+        batch over several engines passes each chunk's start, so samples do not depend on the
+        split. Returns ``len(prompts) * n`` completions, grouped by prompt in input order
+        (``prompt_index`` counts from 0 within ``prompts``).
         """
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
@@ -167,7 +171,7 @@ class VLLMEngine:
                 top_p=top_p,
                 max_tokens=max_tokens,
                 logprobs=0,  # the sampled token's logprob only
-                seed=None if seed is None else seed + i,  # per-request seeds: reproducible
+                seed=None if seed is None else seed + seed_offset + i,  # reproducible
             )
             for i in range(len(prompts))
         ]

@@ -1,0 +1,259 @@
+"""Several vLLM rollout workers behind one driver-side interface, surviving a worker's death.
+
+``RolloutGroup`` starts ``num_workers`` engine actors in one Ray placement group (a bundle
+per worker), splits each ``generate`` call into contiguous chunks, one per worker, and
+reassembles the completions in global prompt order. Prompt ``i`` is always sampled with
+seed ``seed + i``, whatever worker serves it, so the result is the one a single engine
+returns for the same call and weights, and a re-run chunk gives the same samples again.
+
+When a worker dies mid-call (its actor is gone, or its vLLM engine process is), the group
+starts a replacement in the same bundle, brings it to the latest synced weights and re-runs
+exactly the failed chunk: nothing is lost or duplicated. Each call tolerates
+``max_restarts_per_call`` replacements, then raises ``RolloutWorkerError``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import RayActorError, RayTaskError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from rollouts.engine import VLLMEngine
+from rollouts.types import Completion
+from rollouts.worker import ENGINE_ENV
+
+STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
+class RolloutWorkerError(RuntimeError):
+    """A rollout worker kept dying (or its replacement could not start)."""
+
+
+def split_evenly(total: int, parts: int) -> list[range]:
+    """Contiguous ranges covering ``range(total)``, sizes differing by at most one (the
+    first ``total % parts`` get the extra item); empty ranges when ``total < parts``.
+
+    >>> split_evenly(7, 3)
+    [range(0, 3), range(3, 5), range(5, 7)]
+    """
+    size, extra = divmod(total, parts)
+    bounds = [k * size + min(k, extra) for k in range(parts + 1)]
+    return [range(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def worker_died(err: Exception) -> bool:
+    """Whether ``err`` means the worker is gone: its actor died (or is unreachable), or its
+    vLLM engine process died under a live actor (vLLM then raises ``EngineDeadError`` on
+    every call: seen when the engine core is killed). Matched by name so that the driver
+    need not import vLLM."""
+    if isinstance(err, RayActorError):
+        return True
+    cause = err.cause if isinstance(err, RayTaskError) else None
+    return any(c.__name__ == "EngineDeadError" for c in type(cause).__mro__)
+
+
+class RolloutGroup:
+    """``num_workers`` rollout engines (Ray actors) used as one; a plain driver-side object.
+
+    Each worker gets one bundle of a placement group: ``bundle`` (default ``{"GPU": 1}``
+    where CUDA is available, else ``{"CPU": 0.01}``: a bundle cannot be empty, and a
+    reserved whole CPU per engine starves the learner on a small machine) placed by
+    ``placement`` (Ray's strategies: "pack", "spread", "strict_pack", "strict_spread").
+    ``engine_kwargs`` go to every engine (``VLLMEngine``: dtype, max_model_len, ...);
+    worker ``k`` gets engine seed ``seed + k`` (it only matters for unseeded calls).
+    ``engine_cls`` is the class each actor holds (tests pass a light fake).
+    """
+
+    def __init__(
+        self,
+        model_dir: str,
+        num_workers: int,
+        *,
+        kv_cache_gib: int = 1,
+        seed: int = 0,
+        placement: str = "pack",
+        bundle: dict[str, float] | None = None,
+        max_restarts_per_call: int = 2,
+        timeout_s: float = 1800,
+        engine_cls: type = VLLMEngine,
+        **engine_kwargs: Any,
+    ) -> None:
+        if num_workers < 1:
+            raise ValueError(f"num_workers must be >= 1, got {num_workers}")
+        if placement.upper() not in STRATEGIES:
+            raise ValueError(f"placement must be one of {STRATEGIES} (any case), got {placement!r}")
+        self.model_dir = str(model_dir)
+        self.num_workers = num_workers
+        self.max_restarts_per_call = max_restarts_per_call
+        self.timeout_s = timeout_s
+        self.bundle = bundle or ({"GPU": 1} if torch.cuda.is_available() else {"CPU": 0.01})
+        self.restarts = 0
+        self._seed = seed
+        self._engine_kwargs = dict(engine_kwargs, kv_cache_gib=kv_cache_gib)
+        env = dict(ENGINE_ENV, VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gib))
+        extra = {k: v for k, v in self.bundle.items() if k not in ("CPU", "GPU")}
+        self._actor_cls = ray.remote(
+            num_cpus=self.bundle.get("CPU", 0),  # must fit the bundle it is scheduled into
+            num_gpus=self.bundle.get("GPU", 0),
+            resources=extra or None,
+            max_restarts=0,  # the group replaces a dead worker itself, with the latest weights
+            runtime_env={"env_vars": env},
+        )(engine_cls)
+        self._weights: ray.ObjectRef | None = None  # the latest sync, for replacements
+        self._samples = [0] * num_workers
+        self._restarts = [0] * num_workers
+        self._pg = placement_group([dict(self.bundle)] * num_workers, strategy=placement.upper())
+        self.workers: list[ray.actor.ActorHandle] = []
+        try:
+            ray.get(self._pg.ready(), timeout=timeout_s)
+            for slot in range(num_workers):
+                self.workers.append(self._start(slot))
+            ray.get([w.__ray_ready__.remote() for w in self.workers], timeout=timeout_s)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # -- what the trainer calls --------------------------------------------------------------
+
+    def generate(
+        self,
+        prompts: Sequence[Sequence[int]],
+        *,
+        n: int = 1,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_tokens: int = 64,
+        seed: int | None = None,
+    ) -> list[Completion]:
+        """``VLLMEngine.generate`` over all workers: ``len(prompts) * n`` completions grouped
+        by prompt in input order, ``prompt_index`` global; prompt ``i`` seeded ``seed + i``."""
+        chunks = [c for c in split_evenly(len(prompts), self.num_workers) if len(c)]
+
+        def submit(slot: int, worker: ray.actor.ActorHandle) -> ray.ObjectRef:
+            chunk = chunks[slot]
+            return worker.generate.remote(
+                [prompts[i] for i in chunk],
+                n=n,
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                seed=seed,
+                seed_offset=chunk.start,
+            )
+
+        results = self._fan_out(submit, len(chunks), restore_weights=True)
+        completions = []
+        for slot, (chunk, part) in enumerate(zip(chunks, results, strict=True)):
+            for c in part:
+                c.prompt_index += chunk.start
+            self._samples[slot] += len(part)
+            completions.extend(part)
+        return completions
+
+    def update_weights(self, buckets: ray.ObjectRef | bytes | Sequence[bytes]) -> list[int]:
+        """Load the same weights into every worker (an ObjectRef to ``pack_buckets`` blobs,
+        as the learner exports them, or the blobs); returns the tensors loaded per worker.
+
+        Every sync is taken to be the full state (as the trainer's are): the group keeps a
+        reference to the latest one only (one copy in Ray's object store), and a replacement
+        worker loads ``model_dir`` and then that.
+        """
+        ref = buckets if isinstance(buckets, ray.ObjectRef) else ray.put(buckets)
+        loaded = self._fan_out(
+            lambda _, worker: worker.update_weights.remote(ref),
+            self.num_workers,
+            restore_weights=False,  # the retried call itself brings a replacement up to date
+        )
+        self._weights = ref
+        return loaded
+
+    def fingerprints(self) -> list[dict[str, str]]:
+        """Every worker's ``VLLMEngine.fingerprint()`` (equal dicts: bit-identical weights)."""
+        return self._fan_out(
+            lambda _, worker: worker.fingerprint.remote(), self.num_workers, restore_weights=True
+        )
+
+    def stats(self) -> dict[str, Any]:
+        """Restarts (total and per worker) and completions served per worker, since start."""
+        return {
+            "workers": self.num_workers,
+            "restarts": self.restarts,
+            "restarts_per_worker": list(self._restarts),
+            "samples_per_worker": list(self._samples),
+        }
+
+    def shutdown(self) -> None:
+        """Kill the workers and remove the placement group (idempotent)."""
+        for worker in self.workers:
+            ray.kill(worker, no_restart=True)
+        self.workers = []
+        if self._pg is not None:
+            remove_placement_group(self._pg)
+            self._pg = None
+
+    # -- workers and their replacement -------------------------------------------------------
+
+    def _start(self, slot: int) -> ray.actor.ActorHandle:
+        """A new engine actor in bundle ``slot`` (not waited for)."""
+        strategy = PlacementGroupSchedulingStrategy(self._pg, placement_group_bundle_index=slot)
+        return self._actor_cls.options(scheduling_strategy=strategy).remote(
+            self.model_dir, seed=self._seed + slot, **self._engine_kwargs
+        )
+
+    def _replace(self, slot: int, restore_weights: bool) -> None:
+        """Kill worker ``slot`` (it may be alive with a dead engine, holding its bundle),
+        start a new one in the same bundle and, if asked, load the latest weights into it."""
+        ray.kill(self.workers[slot], no_restart=True)
+        worker = self.workers[slot] = self._start(slot)
+        self.restarts += 1
+        self._restarts[slot] += 1
+        ready = [worker.__ray_ready__.remote()]
+        if restore_weights and self._weights is not None:
+            ready.append(worker.update_weights.remote(self._weights))  # runs after __init__
+        try:
+            ray.get(ready, timeout=self.timeout_s)
+        except Exception as err:
+            raise RolloutWorkerError(
+                f"replacement for rollout worker {slot} failed: {err}"
+            ) from err
+
+    def _fan_out(
+        self,
+        submit: Callable[[int, ray.actor.ActorHandle], ray.ObjectRef],
+        num_calls: int,
+        *,
+        restore_weights: bool,
+    ) -> list[Any]:
+        """Call ``submit(slot, worker)`` for slots ``0..num_calls-1`` in parallel and return
+        the results in slot order. A dead worker is replaced (with the latest weights if
+        ``restore_weights``) while the others keep running, and its call submitted again."""
+        pending = {submit(slot, self.workers[slot]): slot for slot in range(num_calls)}
+        results: dict[int, Any] = {}
+        restarts = 0
+        deadline = time.monotonic() + self.timeout_s
+        while pending:
+            ready, _ = ray.wait(list(pending), timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                slots = sorted(pending.values())
+                raise TimeoutError(f"rollout workers {slots} gave no result in {self.timeout_s}s")
+            slot = pending.pop(ready[0])
+            try:
+                results[slot] = ray.get(ready[0])
+            except Exception as err:
+                if not worker_died(err):
+                    raise
+                restarts += 1
+                if restarts > self.max_restarts_per_call:
+                    raise RolloutWorkerError(
+                        f"rollout worker {slot} died and {self.max_restarts_per_call} "
+                        f"replacement(s) in this call did not help: {err}"
+                    ) from err
+                self._replace(slot, restore_weights)
+                pending[submit(slot, self.workers[slot])] = slot
+        return [results[slot] for slot in range(num_calls)]

@@ -1,0 +1,49 @@
+"""A stand-in for VLLMEngine inside a Ray actor: starts in a second, and its samples are a
+pure function of (weights, prompt, seed), so where or how often a chunk ran cannot show."""
+
+from __future__ import annotations
+
+import os
+
+from rollouts.types import Completion
+
+DIE = [-1]  # a prompt that kills the worker serving it, every time
+BAD = [-2]  # a prompt the engine rejects (an ordinary error, not a death)
+
+
+class EngineDeadError(RuntimeError):
+    """Named like vLLM's: raised by every call once the engine process is gone."""
+
+
+class FakeEngine:
+    def __init__(self, model_dir: str, *, seed: int = 0, kv_cache_gib: int = 1) -> None:
+        self.weights = f"loaded {model_dir}"
+        self.engine_dead = False
+
+    def generate(
+        self, prompts, *, n=1, temperature=1.0, top_p=1.0, max_tokens=64, seed=None, seed_offset=0
+    ):
+        if self.engine_dead:
+            raise EngineDeadError("engine core died")
+        if DIE in prompts:
+            os._exit(1)
+        if BAD in prompts:
+            raise ValueError("bad prompt")
+        return [
+            Completion(i, [*p, seed + seed_offset + i, k], self.weights, [], "stop")
+            for i, p in enumerate(prompts)
+            for k in range(n)
+        ]
+
+    def update_weights(self, blobs):
+        if self.engine_dead:
+            raise EngineDeadError("engine core died")
+        blobs = [blobs] if isinstance(blobs, bytes) else blobs
+        self.weights = b"".join(blobs).decode()
+        return len(blobs)
+
+    def fingerprint(self):
+        return {"weights": self.weights}
+
+    def kill_engine(self):
+        self.engine_dead = True
