@@ -205,25 +205,26 @@ def check(
     """Start what the check needs (Ray, learner ranks, a vLLM worker), run it, write ``out``."""
     from transformers import AutoTokenizer
 
-    from rollouts.worker import start_rollout_worker
+    from rollouts import RolloutGroup
 
     with tempfile.TemporaryDirectory(prefix="r1kit-check-") as workdir:
         model_dir = resolve_model(model, Path(workdir))
         if not ray.is_initialized():
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        own = rollout is None
-        if own:
-            rollout = start_rollout_worker(str(model_dir), dtype=dtype, max_model_len=128)
+        group = None
+        if rollout is None:
+            group = RolloutGroup(str(model_dir), 1, dtype=dtype, max_model_len=128)
+            rollout = group.workers[0]
         learner = LearnerGroup(str(model_dir), world_size, dtype=dtype)
         try:
-            if not own:  # a shared engine may hold anything: give it this model's weights
+            if group is None:  # a shared engine may hold anything: give it this model's weights
                 ray.get(rollout.update_weights.remote(learner.export_weights()))
             report = run_check(rollout, learner, tokenizer, dtype=dtype, break_sync=break_sync)
         finally:
             learner.shutdown()
-            if own:
-                ray.kill(rollout)
+            if group is not None:
+                group.shutdown()
     report["model"] = model
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(report, indent=2) + "\n")

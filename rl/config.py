@@ -169,6 +169,11 @@ class RolloutConfig:
     """Sequences vLLM batches at once."""
     seed: int = 0
     """Base sampling seed; each step and prompt derives its own."""
+    workers: int = 1
+    """vLLM rollout workers (Ray actors in one placement group); a step's prompts are split
+    among them; a worker that dies is replaced and its share re-run."""
+    placement: str = "pack"
+    """Placement-group strategy of the workers: pack, spread, strict_pack, strict_spread."""
     sync_bucket_mb: float = 256
     """Weight sync: the learner's weights travel in buckets of about this size (cut between
     layers), reloaded one by one: the engine's worker process holds one bucket at a time
@@ -343,6 +348,12 @@ def _check(recipe: Recipe, source: str) -> None:
             "auto, gloo or nccl",
         ),
         (recipe.learner.world_size >= 1, "learner.world_size", ">= 1"),
+        (recipe.rollout.workers >= 1, "rollout.workers", ">= 1"),
+        (
+            recipe.rollout.placement.upper() in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+            "rollout.placement",
+            "pack, spread, strict_pack or strict_spread",
+        ),
         (recipe.grpo.epochs >= 1, "grpo.epochs", ">= 1"),
         (recipe.checkpoint.every >= 0, "checkpoint.every", ">= 0"),
         (recipe.grpo.ratio_level in RATIO_LEVELS, "grpo.ratio_level", "token or sequence"),

@@ -9,7 +9,8 @@
    masked out of the loss (they still count in their group's baseline).
 3. ``compute_advantages`` per group; ``update_policy``: ``epochs`` passes over the batch, each
    ``mini_batches`` optimizer steps, with old logprobs from the learner or the rollout.
-4. The learner's weights go to the rollout worker (one gather, one blob).
+4. The learner's weights go to the rollout workers (one gather, buckets through the object
+   store once, whatever the number of workers).
 
 Everything random in a step is a function of the step number (sampling seeds, shuffles), and
 prompts come from a ``DataOrder`` whose position is checkpointed: a resumed run repeats the
@@ -21,7 +22,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-import ray
 import torch
 
 from rewards import stats
@@ -174,15 +174,13 @@ def _generate_and_score(
     cfg = run.recipe.grpo
     prompts = [run.prompt_ids(r["prompt"]) for r in picked]
     t0 = time.time()
-    completions = ray.get(
-        run.rollout.generate.remote(
-            prompts,
-            n=cfg.group_size,
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_tokens=cfg.max_new_tokens,
-            seed=run.recipe.rollout.seed + 100_003 * step + 7_919 * round_,
-        )
+    completions = run.rollouts.generate(
+        prompts,
+        n=cfg.group_size,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_tokens=cfg.max_new_tokens,
+        seed=run.recipe.rollout.seed + 100_003 * step + 7_919 * round_,
     )
     timing["time_generate"] += time.time() - t0
     t0 = time.time()
@@ -315,6 +313,7 @@ def rollout_health(groups: Groups, group_size: int) -> dict:
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)
     return {
         "batch_reward_mean": float(groups.rewards.mean()),
+        "samples": len(completions),
         "truncation_rate": sum(c.truncated for c in completions) / len(completions),
         "response_len_mean": float(lengths.mean()),
         "response_len_max": int(lengths.max()),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,11 +30,11 @@ class Run:
     out: Path
     tokenizer: Any
     learner: LearnerGroup
-    rollout: Any  # Ray actor handle of rollouts.engine.VLLMEngine
+    rollouts: Any  # rollouts.RolloutGroup: the vLLM workers
     pool: RewardPool
     accuracy_pool: RewardPool
     log: MetricsLog
-    own_rollout: bool = True
+    own_rollouts: bool = True
     wall_offset: float = 0.0  # wall seconds of earlier sessions of a resumed run - start time
     _prompt_cache: dict[str, list[int]] = field(default_factory=dict)
 
@@ -59,11 +60,11 @@ class Run:
         ]
 
     def sync_weights(self) -> dict[str, int]:
-        """Learner -> rollout worker: one gather on the learner, buckets of about
-        ``rollout.sync_bucket_mb`` through Ray's object store, reloaded one by one.
-        Returns the sync's bytes and buckets."""
+        """Learner -> rollout workers: one gather on the learner, buckets of about
+        ``rollout.sync_bucket_mb`` through Ray's object store (once, for all workers),
+        reloaded one by one. Returns the sync's bytes and buckets."""
         buckets = self.learner.export_weights(bucket_mb=self.recipe.rollout.sync_bucket_mb)
-        ray.get(self.rollout.update_weights.remote(buckets), timeout=600)
+        self.rollouts.update_weights(buckets)
         return self.learner.last_export_size()
 
     def close(self) -> None:
@@ -71,8 +72,8 @@ class Run:
         self.accuracy_pool.close()
         self.learner.shutdown()
         self.log.close()
-        if self.own_rollout:
-            ray.kill(self.rollout)
+        if self.own_rollouts:
+            self.rollouts.shutdown()
 
 
 def import_object(spec: str, key: str) -> Any:
@@ -127,24 +128,28 @@ def start_run(
     recipe: Recipe,
     out: Path,
     data: dict[str, list[dict]],
-    rollout=None,
+    rollouts=None,
     metrics_rows: int | None = None,
 ) -> Run:
     from transformers import AutoTokenizer
 
-    from rollouts.worker import start_rollout_worker
+    from rollouts import RolloutGroup
 
     t0 = time.time()
-    tqdm.write("starting: Ray, the vLLM rollout engine and the learner ranks (~40 s on 2 cores)")
+    tqdm.write("starting: Ray, the vLLM rollout engines and the learner ranks (~40 s on 2 cores)")
     model_dir = initial_policy(recipe, out, data)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     start_ray(recipe)
     lc, rc = recipe.learner, recipe.rollout
     threads = lc.threads or max(1, (os.cpu_count() or 1) // lc.world_size)
-    own_rollout = rollout is None
-    if own_rollout:
-        rollout = start_rollout_worker(
+    own_rollouts = rollouts is None
+    starting = None
+    if own_rollouts:  # the engines start while the learner ranks load
+        starting = ThreadPoolExecutor(1, thread_name_prefix="r1kit-start").submit(
+            RolloutGroup,
             str(model_dir),
+            rc.workers,
+            placement=rc.placement,
             kv_cache_gib=rc.kv_cache_gib,
             dtype=recipe.model.dtype,
             seed=rc.seed,
@@ -164,22 +169,23 @@ def start_run(
     accuracy_pool = RewardPool(
         {recipe.rewards.accuracy: 1.0}, recipe.rewards.workers, recipe.rewards.timeout_s
     )
-    ray.get(rollout.__ray_ready__.remote(), timeout=600)  # vLLM engine built
+    if starting is not None:
+        rollouts = starting.result()  # vLLM engines built
     run = Run(
         recipe,
         out,
         tokenizer,
         learner,
-        rollout,
+        rollouts,
         pool,
         accuracy_pool,
         MetricsLog(out / "metrics.jsonl", keep_rows=metrics_rows),
-        own_rollout=own_rollout,
+        own_rollouts=own_rollouts,
     )
-    if not own_rollout:
-        run.sync_weights()  # a shared engine may hold anything: start from the learner's weights
+    if not own_rollouts:
+        run.sync_weights()  # shared engines may hold anything: start from the learner's weights
     try:
-        parity = quick_check(rollout, learner, tokenizer, recipe.model.dtype)  # fails fast
+        parity = quick_check(rollouts.workers[0], learner, tokenizer, recipe.model.dtype)
     except Exception:
         run.close()
         raise
@@ -210,7 +216,8 @@ def print_plan(run: Run, model_dir: Path, setup_s: float) -> None:
     )
     tqdm.write(
         f"r1kit run '{r.name}': policy {model_dir} ({run.learner.num_params / 1e6:.2f}M params, "
-        f"{r.model.dtype}), {ranks} learner rank(s) (FSDP2), 1 vLLM rollout worker; "
+        f"{r.model.dtype}), {ranks} learner rank(s) (FSDP2), "
+        f"{len(run.rollouts.workers)} vLLM rollout worker(s); "
         f"ready in {setup_s:.0f}s\n"
         f"  SFT : {r.sft.steps} steps x {r.sft.batch_size} sequences, lr {r.sft.lr:g}\n"
         f"  GRPO: {g.steps} steps x {g.prompts_per_step} prompts x G={g.group_size} = "

@@ -1,4 +1,4 @@
-"""The driver: SFT, then GRPO, on Ray actors (learner ranks, a vLLM rollout worker).
+"""The driver: SFT, then GRPO, on Ray actors (learner ranks, vLLM rollout workers).
 
 ``train`` runs a recipe's stages: SFT on completions, a held-out evaluation, GRPO steps
 (``rl.grpo.grpo_step``: sample -> score -> advantages -> update -> push weights), a second
@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import ray
 from tqdm import tqdm
 
 from rl.batch import make_batch
@@ -40,17 +39,17 @@ from rl.setup import Run, import_object, start_run
 RESUME_MAY_CHANGE = ("ray.", "checkpoint.")
 
 
-def train(recipe: Recipe, out: Path, rollout=None, resume: bool = False) -> dict:
+def train(recipe: Recipe, out: Path, rollouts=None, resume: bool = False) -> dict:
     """Run the recipe's stages; return (and write) summary.json's content.
 
-    ``rollout``: an already running rollout worker to use (tests share one per session);
+    ``rollouts``: an already running ``RolloutGroup`` to use (tests share one per session);
     it receives the learner's weights before anything is sampled. ``resume``: continue the
     run in ``out`` from its latest resumable checkpoint (the recipe must be the same).
     """
     start = time.time()
     state = _resume_state(recipe, out) if resume else _new_run(recipe, out)
     data = load_data(recipe, out)
-    run = start_run(recipe, out, data, rollout, metrics_rows=state.metrics_rows if state else None)
+    run = start_run(recipe, out, data, rollouts, metrics_rows=state.metrics_rows if state else None)
     run.wall_offset = (state.wall_seconds if state else 0.0) - start
     summary: dict = {"eval": dict(state.summary.get("eval", {})) if state else {}}
     try:
@@ -219,10 +218,8 @@ def evaluate(run: Run, rows: list[dict], stage: str) -> dict:
     limit = run.recipe.eval.limit
     rows = rows[:limit] if limit else rows
     prompts = [run.prompt_ids(r["prompt"]) for r in rows]
-    completions = ray.get(
-        run.rollout.generate.remote(
-            prompts, n=1, temperature=0.0, max_tokens=run.recipe.eval.max_new_tokens
-        )
+    completions = run.rollouts.generate(
+        prompts, n=1, temperature=0.0, max_tokens=run.recipe.eval.max_new_tokens
     )
     scored = run.accuracy_pool.score([c.text for c in completions], rows)
     correct = sum(s.reward >= 1.0 for s in scored)

@@ -42,14 +42,17 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="session")
-def rollout_worker(ray_cluster, tiny_policy_dir):
-    """The session's one vLLM engine (a Ray actor). Tests that change its weights must
-    restore them (or push their own) before sampling."""
-    import ray
+def rollouts(ray_cluster, tiny_policy_dir):
+    """The session's one vLLM engine, as a one-worker RolloutGroup (what ``train`` takes).
+    Tests that change its weights must restore them (or push their own) before sampling."""
+    from rollouts import RolloutGroup
 
-    from rollouts.worker import start_rollout_worker
+    group = RolloutGroup(tiny_policy_dir, 1, dtype="float32", max_model_len=128)
+    yield group
+    group.shutdown()
 
-    worker = start_rollout_worker(tiny_policy_dir, dtype="float32", max_model_len=128)
-    ray.get(worker.__ray_ready__.remote(), timeout=300)
-    yield worker
-    ray.kill(worker)
+
+@pytest.fixture(scope="session")
+def rollout_worker(rollouts):
+    """The session engine's Ray actor (VLLMEngine methods through ``.remote``)."""
+    return rollouts.workers[0]

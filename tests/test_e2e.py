@@ -25,7 +25,7 @@ from tests.parity import teacher_forced
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def test_sft_then_grpo_end_to_end(rollout_worker, tiny_policy_dir, tmp_path):
+def test_sft_then_grpo_end_to_end(rollouts, rollout_worker, tiny_policy_dir, tmp_path):
     recipe = load_recipe(
         "recipes/demo.yaml",
         [
@@ -44,7 +44,7 @@ def test_sft_then_grpo_end_to_end(rollout_worker, tiny_policy_dir, tmp_path):
             "learner.world_size=2",
         ],
     )
-    summary = train(recipe, tmp_path, rollout=rollout_worker)
+    summary = train(recipe, tmp_path, rollouts=rollouts)
 
     assert set(summary["eval"]) == {"sft", "grpo"} and summary["eval"]["grpo"]["n"] == 32
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -101,9 +101,7 @@ def test_sft_then_grpo_end_to_end(rollout_worker, tiny_policy_dir, tmp_path):
     assert moved.mean() > 1e-2, moved.mean()
 
 
-def test_dapo_with_kl_mismatch_correction_and_mini_batches(
-    rollout_worker, tiny_policy_dir, tmp_path
-):
+def test_dapo_with_kl_mismatch_correction_and_mini_batches(rollouts, tiny_policy_dir, tmp_path):
     """The GRPO family's switches together on the real stack: the dapo preset (dynamic
     sampling, clip-higher, truncation masking), a KL loss against the frozen start policy,
     token-level mismatch correction and two mini-batches per step."""
@@ -130,7 +128,7 @@ def test_dapo_with_kl_mismatch_correction_and_mini_batches(
         ],
     )
     assert recipe.grpo.dynamic_sampling and recipe.grpo.clip_high == 0.28
-    train(recipe, tmp_path, rollout=rollout_worker)
+    train(recipe, tmp_path, rollouts=rollouts)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     grpo = [r for r in rows if r["stage"] == "grpo"]
     assert [r["step"] for r in grpo] == [1, 2, 3]
@@ -158,7 +156,7 @@ def test_dapo_with_kl_mismatch_correction_and_mini_batches(
 
 
 def test_lora_trains_adapters_and_syncs_only_the_merged_adapted_weights(
-    rollout_worker, tiny_policy_dir, tmp_path
+    rollouts, tiny_policy_dir, tmp_path
 ):
     """LoRA on attention + shared experts + the dense MLP: the learner trains adapters only,
     the sync moves only the merged adapted weights (and buffers), and the engine still
@@ -181,7 +179,7 @@ def test_lora_trains_adapters_and_syncs_only_the_merged_adapted_weights(
             "lora.r=8",
         ],
     )
-    train(recipe, tmp_path, rollout=rollout_worker)
+    train(recipe, tmp_path, rollouts=rollouts)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     grpo = [r for r in rows if r["stage"] == "grpo"]
     full_bytes = 12_351_200  # every tensor of tiny-dsv3 in fp32 (see model/lora.py's tests)
@@ -198,3 +196,60 @@ def test_lora_trains_adapters_and_syncs_only_the_merged_adapted_weights(
     moved = {k for k in init_state if not torch.equal(sft_state[k], init_state[k])}
     assert any("kv_b_proj" in k for k in moved) and any("shared_experts" in k for k in moved)
     assert not any(".mlp.experts." in k or "embed_tokens" in k for k in moved), moved
+
+
+def test_two_rollout_workers_two_ranks_survive_a_worker_killed_mid_run(
+    ray_cluster, tiny_policy_dir, tmp_path
+):
+    """A rollout worker killed during GRPO is replaced (in its placement-group bundle), gets
+    the current weights, and its share of the step is sampled again: every step has exactly
+    prompts x G samples and the run finishes."""
+    import threading
+    import time
+
+    from rollouts import RolloutGroup
+
+    recipe = load_recipe(
+        "recipes/demo.yaml",
+        [
+            f"model.path={tiny_policy_dir}",
+            "data.generator_args={n_sft: 256, n_rl: 256, n_eval: 16, seed: 7, max_terms: 2, max_digits: 1}",
+            "sft.steps=10",
+            "sft.batch_size=32",
+            "grpo.steps=4",
+            "grpo.prompts_per_step=8",
+            "grpo.group_size=4",
+            "grpo.max_new_tokens=16",
+            "eval.max_new_tokens=16",
+            "rollout.workers=2",
+            "learner.world_size=2",
+        ],
+    )
+    group = RolloutGroup(tiny_policy_dir, 2, dtype="float32", max_model_len=128)
+    victim = group.workers[1]
+    killed = threading.Event()
+
+    def kill_after_first_grpo_step():
+        metrics = tmp_path / "metrics.jsonl"
+        while not killed.is_set():
+            if metrics.is_file() and '"stage": "grpo"' in metrics.read_text():
+                ray.kill(victim, no_restart=True)
+                killed.set()
+            time.sleep(0.05)
+
+    threading.Thread(target=kill_after_first_grpo_step, daemon=True).start()
+    try:
+        summary = train(recipe, tmp_path, rollouts=group)
+        stats, replacement = group.stats(), group.workers[1]
+    finally:
+        killed.set()
+        group.shutdown()
+    assert summary["eval"]["grpo"]["n"] == 16
+    assert stats["restarts"] == 1 and replacement is not victim
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    grpo = [r for r in rows if r["stage"] == "grpo"]
+    assert [r["step"] for r in grpo] == [1, 2, 3, 4]
+    assert all(r["samples"] == 8 * 4 for r in grpo)
+    learned = [r for r in grpo[1:] if r["rows_learned"]]
+    for r in learned:  # the replacement samples with the learner's current weights
+        assert r["logprob_diff_mean"] < 1e-4, r

@@ -68,12 +68,10 @@ def _kill_after_grpo_step(cmd, out, step, timeout_s=300):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_sigkill_then_resume_repeats_the_uninterrupted_run(
-    rollout_worker, tiny_policy_dir, tmp_path
-):
+def test_sigkill_then_resume_repeats_the_uninterrupted_run(rollouts, tiny_policy_dir, tmp_path):
     overrides = [f"model.path={tiny_policy_dir}", *OVERRIDES]
     whole = tmp_path / "whole"
-    train(load_recipe("recipes/demo.yaml", overrides), whole, rollout=rollout_worker)
+    train(load_recipe("recipes/demo.yaml", overrides), whole, rollouts=rollouts)
 
     killed = tmp_path / "killed"
     address = ray.get_runtime_context().gcs_address
@@ -84,7 +82,7 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(
     assert not (killed / "summary.json").exists()
 
     summary = train(
-        load_recipe("recipes/demo.yaml", overrides), killed, rollout=rollout_worker, resume=True
+        load_recipe("recipes/demo.yaml", overrides), killed, rollouts=rollouts, resume=True
     )
     assert summary["eval"]["sft"] == json.loads((whole / "summary.json").read_text())["eval"]["sft"]
     expected, resumed = _rows(whole, "grpo"), _rows(killed, "grpo")
