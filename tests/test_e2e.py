@@ -25,24 +25,37 @@ from tests.parity import teacher_forced
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 
-def test_sft_then_grpo_end_to_end(rollouts, rollout_worker, tiny_policy_dir, tmp_path):
-    recipe = load_recipe(
+def tiny_recipe(policy_dir, data_seed: int, *overrides: str):
+    """The demo recipe cut to seconds: 1-digit chains of 2 terms, 8 prompts x G=4, 16 new
+    tokens, 3 GRPO steps; ``overrides`` come last and win."""
+    return load_recipe(
         "recipes/demo.yaml",
         [
-            f"model.path={tiny_policy_dir}",
-            "data.generator_args={n_sft: 512, n_rl: 256, n_eval: 32, seed: 3, max_terms: 2, max_digits: 1}",
-            "sft.steps=40",
+            f"model.path={policy_dir}",
+            "data.generator_args={n_sft: 512, n_rl: 256, n_eval: 16, "
+            f"seed: {data_seed}, max_terms: 2, max_digits: 1}}",
             "sft.batch_size=32",
             "sft.lr=3e-3",
             "grpo.steps=3",
             "grpo.prompts_per_step=8",
             "grpo.group_size=4",
             "grpo.lr=2e-3",
-            "grpo.max_new_tokens=24",
-            "eval.max_new_tokens=24",
-            "rewards.weights={math: 1.0, format: 0.5}",
-            "learner.world_size=2",
+            "grpo.max_new_tokens=16",
+            "eval.max_new_tokens=16",
+            *overrides,
         ],
+    )
+
+
+def test_sft_then_grpo_end_to_end(rollouts, rollout_worker, tiny_policy_dir, tmp_path):
+    recipe = tiny_recipe(
+        tiny_policy_dir,
+        3,
+        "data.generator_args={n_sft: 512, n_rl: 256, n_eval: 32, seed: 3, max_terms: 2, max_digits: 1}",
+        "sft.steps=40",
+        "grpo.max_new_tokens=24",
+        "eval.max_new_tokens=24",
+        "rewards.weights={math: 1.0, format: 0.5}",
     )
     summary = train(recipe, tmp_path, rollouts=rollouts)
 
@@ -105,27 +118,16 @@ def test_dapo_with_kl_mismatch_correction_and_mini_batches(rollouts, tiny_policy
     """The GRPO family's switches together on the real stack: the dapo preset (dynamic
     sampling, clip-higher, truncation masking), a KL loss against the frozen start policy,
     token-level mismatch correction and two mini-batches per step."""
-    recipe = load_recipe(
-        "recipes/demo.yaml",
-        [
-            f"model.path={tiny_policy_dir}",
-            "algorithm=dapo",
-            "data.generator_args={n_sft: 512, n_rl: 256, n_eval: 16, seed: 4, max_terms: 2, max_digits: 1}",
-            "sft.steps=30",
-            "sft.batch_size=32",
-            "sft.lr=3e-3",
-            "grpo.steps=3",
-            "grpo.prompts_per_step=8",
-            "grpo.group_size=4",
-            "grpo.lr=2e-3",
-            "grpo.max_new_tokens=16",
-            "grpo.overlong_buffer=4",
-            "grpo.mini_batches=2",
-            "grpo.kl_coef=0.05",
-            "grpo.mismatch_correction=token",
-            "moe.bias_update_rate=0.01",
-            "eval.max_new_tokens=16",
-        ],
+    recipe = tiny_recipe(
+        tiny_policy_dir,
+        4,
+        "algorithm=dapo",
+        "sft.steps=30",
+        "grpo.overlong_buffer=4",
+        "grpo.mini_batches=2",
+        "grpo.kl_coef=0.05",
+        "grpo.mismatch_correction=token",
+        "moe.bias_update_rate=0.01",
     )
     assert recipe.grpo.dynamic_sampling and recipe.grpo.clip_high == 0.28
     train(recipe, tmp_path, rollouts=rollouts)
@@ -161,23 +163,14 @@ def test_lora_trains_adapters_and_syncs_only_the_merged_adapted_weights(
     """LoRA on attention + shared experts + the dense MLP: the learner trains adapters only,
     the sync moves only the merged adapted weights (and buffers), and the engine still
     computes the learner's policy (logprob diff as tight as with full weights)."""
-    recipe = load_recipe(
-        "recipes/demo.yaml",
-        [
-            f"model.path={tiny_policy_dir}",
-            "data.generator_args={n_sft: 512, n_rl: 256, n_eval: 16, seed: 6, max_terms: 2, max_digits: 1}",
-            "sft.steps=20",
-            "sft.batch_size=32",
-            "sft.lr=1e-2",
-            "grpo.steps=3",
-            "grpo.prompts_per_step=8",
-            "grpo.group_size=4",
-            "grpo.lr=1e-2",
-            "grpo.max_new_tokens=16",
-            "grpo.kl_coef=0.05",  # reference = adapters disabled
-            "eval.max_new_tokens=16",
-            "lora.r=8",
-        ],
+    recipe = tiny_recipe(
+        tiny_policy_dir,
+        6,
+        "sft.steps=20",
+        "sft.lr=1e-2",
+        "grpo.lr=1e-2",
+        "grpo.kl_coef=0.05",  # reference = adapters disabled
+        "lora.r=8",
     )
     train(recipe, tmp_path, rollouts=rollouts)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -209,22 +202,7 @@ def test_two_rollout_workers_two_ranks_survive_a_worker_killed_mid_run(
 
     from rollouts import RolloutGroup
 
-    recipe = load_recipe(
-        "recipes/demo.yaml",
-        [
-            f"model.path={tiny_policy_dir}",
-            "data.generator_args={n_sft: 256, n_rl: 256, n_eval: 16, seed: 7, max_terms: 2, max_digits: 1}",
-            "sft.steps=10",
-            "sft.batch_size=32",
-            "grpo.steps=4",
-            "grpo.prompts_per_step=8",
-            "grpo.group_size=4",
-            "grpo.max_new_tokens=16",
-            "eval.max_new_tokens=16",
-            "rollout.workers=2",
-            "learner.world_size=2",
-        ],
-    )
+    recipe = tiny_recipe(tiny_policy_dir, 7, "sft.steps=10", "grpo.steps=4", "rollout.workers=2")
     group = RolloutGroup(tiny_policy_dir, 2, dtype="float32", max_model_len=128)
     victim = group.workers[1]
     killed = threading.Event()
