@@ -329,19 +329,19 @@ class LearnerRank:
         return state
 
     def export_weights(
-        self, exclude: tuple[str, ...] = (), bucket_mb: float = 256
+        self, exclude: tuple[str, ...] = (), bucket_mb: float = 256, full: bool = False
     ) -> list[bytes] | None:
         """All ranks gather (once); rank 0 returns the weights in vLLM's checkpoint naming as
         safetensors buckets of about ``bucket_mb`` MB, cut between layers. ``exclude``: leave
         out tensors whose name contains one of these (a deliberately broken sync, to test
-        ``r1kit check``)."""
+        ``r1kit check``). ``full``: every weight even with LoRA (an engine holding anything)."""
         from model import to_vllm_weights
         from rollouts.engine import pack_buckets
 
         state = self._full_state_dict()
         if self.rank != 0:
             return None
-        if self.lora:  # only the adapted weights (and buffers) change: sync just those
+        if self.lora and not full:  # only adapted weights (and buffers) change: sync those
             state = {k: v for k, v in state.items() if k in self._lora_synced}
         kept = [(k, v) for k, v in state.items() if not any(part in k for part in exclude)]
         buckets = pack_buckets(to_vllm_weights(kept), int(bucket_mb * 2**20))

@@ -167,11 +167,11 @@ class LearnerGroup:
         return metrics
 
     def export_weights(
-        self, exclude: tuple[str, ...] = (), bucket_mb: float = 256
+        self, exclude: tuple[str, ...] = (), bucket_mb: float = 256, full: bool = False
     ) -> ray.ObjectRef:
         """Gather once; an ObjectRef to rank 0's list of weight buckets (ship it to rollout
         workers: it goes through the object store once, whatever their number)."""
-        refs = [r.export_weights.remote(exclude, bucket_mb) for r in self.ranks]
+        refs = [r.export_weights.remote(exclude, bucket_mb, full) for r in self.ranks]
         ray.wait(refs, num_returns=len(refs), timeout=TIMEOUT_S)
         return refs[0]
 

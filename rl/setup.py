@@ -59,11 +59,14 @@ class Run:
             self.tokenizer.eos_token_id
         ]
 
-    def sync_weights(self) -> dict[str, int]:
+    def sync_weights(self, full: bool = False) -> dict[str, int]:
         """Learner -> rollout workers: one gather on the learner, buckets of about
         ``rollout.sync_bucket_mb`` through Ray's object store (once, for all workers),
-        reloaded one by one. Returns the sync's bytes and buckets."""
-        buckets = self.learner.export_weights(bucket_mb=self.recipe.rollout.sync_bucket_mb)
+        reloaded one by one. With LoRA only the adapted weights move, unless ``full`` (an
+        engine that may hold other weights). Returns the sync's bytes and buckets."""
+        buckets = self.learner.export_weights(
+            bucket_mb=self.recipe.rollout.sync_bucket_mb, full=full
+        )
         self.rollouts.update_weights(buckets)
         return self.learner.last_export_size()
 
@@ -183,7 +186,7 @@ def start_run(
         own_rollouts=own_rollouts,
     )
     if not own_rollouts:
-        run.sync_weights()  # shared engines may hold anything: start from the learner's weights
+        run.sync_weights(full=True)  # shared engines may hold anything: all the learner's weights
     try:
         parity = quick_check(rollouts.workers[0], learner, tokenizer, recipe.model.dtype)
     except Exception:

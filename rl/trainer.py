@@ -192,7 +192,7 @@ def _start_stage(
         return 1, DataOrder(num_rows, seed)
     path = list_checkpoints(run.out)[-1] / "learner"
     run.learner.load_state(str(path))
-    run.sync_weights()  # the engine started from the initial weights
+    run.sync_weights(full=True)  # the engines hold the initial (or a shared run's) weights
     return state.step + 1, DataOrder(num_rows, seed, state.data_position)
 
 

@@ -37,6 +37,7 @@ OVERRIDES = [
     "grpo.temperature=1.0",
     "grpo.mini_batches=2",
     "eval.max_new_tokens=16",
+    "rewards.weights={math: 1.0, format: 0.5}",  # partial credit: groups with a signal
     "checkpoint.every=2",
     "learner.world_size=2",
 ]
