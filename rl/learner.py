@@ -237,7 +237,7 @@ class LearnerRank:
             _add_load(load, routing.records, attn, self.model.config)
             old = lp.detach() if mb.old_logprobs is None else self._to(mb.old_logprobs)
             rollout = self._to(mb.rollout_logprobs)
-            weights = None
+            weights, wm = None, None
             if mismatch:
                 weights, wm = mismatch_weights(old, rollout, mask, **mismatch)
             loss, m = policy_loss(
@@ -265,21 +265,8 @@ class LearnerRank:
             n = float(mask.sum())
             if n == 0:  # inert padding rows only
                 continue
-            diff = (lp.detach() - rollout).abs() * mask
-            sums["loss"] += float(loss.detach())
-            sums["kl"] += float(kl_value.detach()) if kl_value is not None else 0.0
-            sums["lp_diff_sum"] += float(diff.sum())
-            sums["lp_diff_max"] = max(sums["lp_diff_max"], float(diff.max()))
+            _accumulate(sums, n, loss, kl_value, (lp.detach() - rollout).abs() * mask, m, wm)
             sums["entropy_sum"] += float((entropy.detach() * mask).sum())
-            for key in ("clip_frac_low", "clip_frac_high", "ratio_mean"):
-                sums[key] += float(m[key]) * n
-            sums["ratio_min"] = min(sums["ratio_min"], float(m["ratio_min"]))
-            sums["ratio_max"] = max(sums["ratio_max"], float(m["ratio_max"]))
-            if mismatch:
-                sums["is_weight_sum"] += float(wm["mismatch_weight_mean"]) * n
-                sums["is_capped_sum"] += float(wm["mismatch_capped_frac"]) * n
-                sums["is_weight_max"] = max(sums["is_weight_max"], float(wm["mismatch_weight_max"]))
-            sums["tokens"] += n
         sums["expert_load"] = load  # {layer: tokens per expert}, this rank's rows
         if gradients_only:  # leave the weights alone; return the full gradient instead
             sums["gradients"] = {
@@ -415,3 +402,29 @@ def _add_load(
         return
     for layer, (counts, _) in expert_load(records, n_experts, mask=attention_mask).items():
         total[layer] = total.get(layer, 0) + counts
+
+
+def _accumulate(
+    sums: dict[str, float],
+    n: float,
+    loss: Tensor,
+    kl_value: Tensor | None,
+    diff: Tensor,
+    m: dict[str, Tensor],
+    wm: dict[str, Tensor] | None,
+) -> None:
+    """Add one micro-batch's metrics (``n`` tokens) to a rank's running sums: token-weighted
+    where the LearnerGroup reports a mean, min/max where it reports extremes."""
+    sums["loss"] += float(loss.detach())
+    sums["kl"] += float(kl_value.detach()) if kl_value is not None else 0.0
+    sums["lp_diff_sum"] += float(diff.sum())
+    sums["lp_diff_max"] = max(sums["lp_diff_max"], float(diff.max()))
+    for key in ("clip_frac_low", "clip_frac_high", "ratio_mean"):
+        sums[key] += float(m[key]) * n
+    sums["ratio_min"] = min(sums["ratio_min"], float(m["ratio_min"]))
+    sums["ratio_max"] = max(sums["ratio_max"], float(m["ratio_max"]))
+    if wm is not None:
+        sums["is_weight_sum"] += float(wm["mismatch_weight_mean"]) * n
+        sums["is_capped_sum"] += float(wm["mismatch_capped_frac"]) * n
+        sums["is_weight_max"] = max(sums["is_weight_max"], float(wm["mismatch_weight_max"]))
+    sums["tokens"] += n
