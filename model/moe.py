@@ -57,8 +57,9 @@ Records = dict[int, torch.Tensor]
 _LAYER_INDEX = re.compile(r"(?:^|\.)layers\.(\d+)\.")
 
 
-def moe_routers(model: nn.Module) -> dict[int, DeepseekV3TopkRouter]:
-    """``{decoder layer index: router module}`` for every DeepSeek-V3 MoE layer of ``model``."""
+def moe_routers(model: nn.Module, required: bool = True) -> dict[int, DeepseekV3TopkRouter]:
+    """``{decoder layer index: router module}`` for every DeepSeek-V3 MoE layer of ``model``;
+    a dense model raises ValueError, or gives {} when not ``required``."""
     routers: dict[int, DeepseekV3TopkRouter] = {}
     for name, module in model.named_modules():
         if isinstance(module, DeepseekV3TopkRouter):
@@ -66,7 +67,7 @@ def moe_routers(model: nn.Module) -> dict[int, DeepseekV3TopkRouter]:
             if match is None:
                 raise ValueError(f"cannot tell the decoder layer of router {name!r}")
             routers[int(match.group(1))] = module
-    if not routers:
+    if not routers and required:
         raise ValueError("model has no DeepSeek-V3 MoE router (DeepseekV3TopkRouter)")
     return routers
 
@@ -75,9 +76,10 @@ class _RouterHooks:
     """Forward hooks on every router of a model, removed on exit."""
 
     prepend = False
+    required = True  # a dense model is an error (replay), or records nothing (recorder)
 
     def __init__(self, model: nn.Module) -> None:
-        self.routers = moe_routers(model)
+        self.routers = moe_routers(model, required=self.required)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def _hook(self, layer: int, router: DeepseekV3TopkRouter, args: tuple, output: tuple):
@@ -119,7 +121,10 @@ class RoutingRecorder(_RouterHooks):
 
     One forward per recorder: a later forward raises, unless it routes identically (the
     recomputation of activation checkpointing during a backward inside the block does).
+    On a dense model ``records`` stays empty.
     """
+
+    required = False
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__(model)

@@ -5,6 +5,7 @@ import ray
 import torch
 from safetensors.torch import load
 
+from model import new_policy, save_policy
 from rl.batch import make_batch
 from rl.learner_group import LearnerGroup
 
@@ -82,3 +83,13 @@ def test_no_grad_forward_before_the_optimizer_keeps_checkpoints_working(
         group.load_state(str(tmp_path / "state"))
     finally:
         group.shutdown()
+
+
+def test_a_dense_policy_trains_and_exports(ray_cluster, tmp_path):
+    """Any HF causal LM is a policy: no MoE router to record, no expert load to report."""
+    model, tokenizer = new_policy("tiny-qwen2", "0123456789+-= ", seed=0)
+    path = str(save_policy(model, tokenizer, tmp_path / "dense"))
+    sft, grpo, weights = train_a_little(path, 2)
+    assert sft[1] < sft[0] and grpo["grad_norm"] > 0 and grpo["rows_learned"] > 0
+    assert "expert_load" not in grpo
+    assert "model.layers.0.mlp.gate_proj.weight" in weights
