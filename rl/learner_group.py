@@ -7,7 +7,7 @@ from typing import Any
 import ray
 import torch
 
-from rl.batch import Batch, shard_rows
+from rl.batch import Batch
 from rl.learner import LearnerRank
 
 TIMEOUT_S = 1800  # no single learner call should take this long on any machine we target
@@ -52,16 +52,25 @@ class LearnerGroup:
         return ray.get(refs, timeout=TIMEOUT_S)
 
     def _split(self, method: str, batch: Batch, **kwargs: Any) -> list[Any]:
-        """Equal row counts per rank: FSDP2 needs every rank to run the same number of
-        forward/backward passes (its collectives pair up), so a batch whose rows do not
-        divide evenly gets inert padding rows (global loss denominators are counted before)."""
+        """Rank ``r``'s result for rows ``self._rows(batch)[r]`` of ``batch``."""
         batch = batch.padded(-len(batch) % self.world_size)
-        parts = shard_rows(len(batch), self.world_size)
         refs = [
-            getattr(r, method).remote(batch.select(s), **kwargs)
-            for r, s in zip(self.ranks, parts, strict=True)
+            getattr(r, method).remote(batch.select(rows), **kwargs)
+            for r, rows in zip(self.ranks, self._rows(batch), strict=True)
         ]
         return ray.get(refs, timeout=TIMEOUT_S)
+
+    def _rows(self, batch: Batch) -> list[torch.Tensor]:
+        """Each rank's rows, longest first, dealt round-robin from the length-sorted batch.
+
+        Equal row counts per rank (FSDP2 needs every rank to run the same number of passes:
+        its collectives pair up; ``_split`` pads with inert rows first, the loss
+        denominators are counted before), near-equal token counts, and each rank's
+        micro-batches cut from rows of similar length: little padding to compute on. Row
+        order does not change any loss or gradient (token sums over global denominators)."""
+        lengths = batch.attention_mask.sum(1)
+        order = torch.argsort(lengths, descending=True, stable=True)
+        return [order[r :: self.world_size] for r in range(self.world_size)]
 
     def configure_optimizer(self, lr: float, weight_decay: float = 0.0) -> None:
         self._all("configure_optimizer", lr, weight_decay)
@@ -78,14 +87,18 @@ class LearnerGroup:
     ) -> torch.Tensor:
         """(B, T-1) logprobs of every row (no grad), 0 off the mask: under the current weights
         or, with ``reference``, the frozen reference policy's."""
+        padded = batch.padded(-len(batch) % self.world_size)
         outs = self._split(
             "logprobs",
-            batch,
+            padded,
             micro_batch_size=micro_batch_size,
             temperature=temperature,
             reference=reference,
         )
-        return torch.cat(outs)[: len(batch)]
+        out = torch.zeros_like(padded.loss_mask)
+        for rows, part in zip(self._rows(padded), outs, strict=True):
+            out[rows] = part
+        return out[: len(batch)]
 
     def routing_agreement(self, batch: Batch, micro_a: int, micro_b: int) -> float | None:
         """Fraction of (token, MoE layer) pairs whose top-k expert set is the same in forwards
