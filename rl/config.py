@@ -174,6 +174,8 @@ class RolloutConfig:
     among them; a worker that dies is replaced and its share re-run."""
     placement: str = "pack"
     """Placement-group strategy of the workers: pack, spread, strict_pack, strict_spread."""
+    threads: int | None = None
+    """OpenMP threads of each engine on CPU (default: the machine's cores / workers)."""
     sync_bucket_mb: float = 256
     """Weight sync: the learner's weights travel in buckets of about this size (cut between
     layers), reloaded one by one: the engine's worker process holds one bucket at a time
@@ -349,6 +351,7 @@ def _check(recipe: Recipe, source: str) -> None:
         ),
         (recipe.learner.world_size >= 1, "learner.world_size", ">= 1"),
         (recipe.rollout.workers >= 1, "rollout.workers", ">= 1"),
+        (recipe.rollout.threads is None or recipe.rollout.threads >= 1, "rollout.threads", ">= 1"),
         (
             recipe.rollout.placement.upper() in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
             "rollout.placement",

@@ -64,6 +64,7 @@ class Groups:
 def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
     """Sample, score, update, sync; returns the step's metrics row."""
     cfg = run.recipe.grpo
+    start = time.time()
     timing = {"time_generate": 0.0, "time_reward": 0.0}
     groups, sampling = sample_groups(run, rows, order, step, timing)
 
@@ -87,6 +88,7 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
     t0 = time.time()
     sync = run.sync_weights()
     timing["time_sync"] = time.time() - t0
+    step_time = time.time() - start
     return {
         **sampling,
         **shaping,
@@ -96,7 +98,8 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
         **stats(groups.scored),
         **sync,
         **timing,
-        "time_step": sum(timing.values()),
+        "time_other": step_time - sum(timing.values()),  # batching, advantages, Ray calls
+        "time_step": step_time,
     }
 
 

@@ -63,12 +63,19 @@ class Run:
         """Learner -> rollout workers: one gather on the learner, buckets of about
         ``rollout.sync_bucket_mb`` through Ray's object store (once, for all workers),
         reloaded one by one. With LoRA only the adapted weights move, unless ``full`` (an
-        engine that may hold other weights). Returns the sync's bytes and buckets."""
+        engine that may hold other weights). Returns the sync's bytes and buckets, and its
+        seconds in the learner (gather and pack) and in the engines (transfer and reload)."""
+        t0 = time.time()
         buckets = self.learner.export_weights(
             bucket_mb=self.recipe.rollout.sync_bucket_mb, full=full
         )
+        t1 = time.time()
         self.rollouts.update_weights(buckets)
-        return self.learner.last_export_size()
+        return {
+            **self.learner.last_export_size(),
+            "sync_gather_s": t1 - t0,
+            "sync_load_s": time.time() - t1,
+        }
 
     def close(self) -> None:
         self.pool.close()
@@ -158,6 +165,7 @@ def start_run(
             seed=rc.seed,
             max_model_len=rc.max_model_len,
             max_num_seqs=rc.max_num_seqs,
+            threads=rc.threads,
         )
     learner = LearnerGroup(
         str(model_dir),

@@ -179,7 +179,7 @@ def run_grpo(run: Run, rows: list[dict], state: DriverState | None, summary: dic
     )
     for step in bar:
         metrics = grpo_step(run, rows, order, step)
-        run.log.write(step=step, stage="grpo", **metrics)
+        run.log.write(step=step, stage="grpo", wall=time.time() + run.wall_offset, **metrics)
         bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.3f}")
         _maybe_checkpoint(run, "grpo", step, cfg.steps, order, summary)
 

@@ -117,6 +117,7 @@ class VLLMEngine:
         max_num_seqs: int = 256,
         kv_cache_gib: int = 1,
         gpu_memory_utilization: float = 0.3,
+        enforce_eager: bool = True,
     ) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
         from vllm import LLM  # heavy import, kept local so importing r1kit stays light
@@ -128,7 +129,7 @@ class VLLMEngine:
             model=str(model_dir),
             dtype=dtype,  # explicit: "auto" turns an fp32 checkpoint into bf16 on CPU
             seed=seed,
-            enforce_eager=True,
+            enforce_eager=enforce_eager,
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             enable_prefix_caching=False,

@@ -14,6 +14,7 @@ exactly the failed chunk: nothing is lost or duplicated. Each call tolerates
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -67,6 +68,9 @@ class RolloutGroup:
     ``placement`` (Ray's strategies: "pack", "spread", "strict_pack", "strict_spread").
     ``engine_kwargs`` go to every engine (``VLLMEngine``: dtype, max_model_len, ...);
     worker ``k`` gets engine seed ``seed + k`` (it only matters for unseeded calls).
+    ``threads``: OpenMP threads of each CPU engine (default: this machine's cores divided
+    among the workers; Ray would give a fractional-CPU actor one thread, and a step's phases
+    do not overlap, so generation may use the cores the learner is not using then).
     ``engine_cls`` is the class each actor holds (tests pass a light fake).
     """
 
@@ -82,6 +86,7 @@ class RolloutGroup:
         max_restarts_per_call: int = 2,
         timeout_s: float = 1800,
         engine_cls: type = VLLMEngine,
+        threads: int | None = None,
         **engine_kwargs: Any,
     ) -> None:
         if num_workers < 1:
@@ -97,6 +102,9 @@ class RolloutGroup:
         self._seed = seed
         self._engine_kwargs = dict(engine_kwargs, kv_cache_gib=kv_cache_gib)
         env = dict(ENGINE_ENV, VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gib))
+        if not torch.cuda.is_available():
+            threads = threads or max(1, (os.cpu_count() or 1) // num_workers)
+            env["OMP_NUM_THREADS"] = str(threads)
         extra = {k: v for k, v in self.bundle.items() if k not in ("CPU", "GPU")}
         self._actor_cls = ray.remote(
             num_cpus=self.bundle.get("CPU", 0),  # must fit the bundle it is scheduled into
