@@ -9,7 +9,7 @@ STAMP := $(VENV)/.r1kit-installed
 QUIET := sed -u '/is ignored: it is neither a file nor a directory/d'
 HAS_NVIDIA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup system-deps demo test lint format clean
+.PHONY: setup system-deps demo test bench lint format clean
 
 setup: $(STAMP) system-deps
 
@@ -38,6 +38,12 @@ system-deps:
 demo: setup
 	@if [ -e runs/demo ]; then mv runs/demo "runs/demo.$$(date +%Y%m%d-%H%M%S)"; fi
 	$(VENV)/bin/r1kit train recipes/demo.yaml --out runs/demo
+
+# r1kit vs TRL's GRPOTrainer side by side (bench/results/latest.json), then where r1kit's step
+# time goes as the batch grows (docs/scaling.png): ~40 minutes on 2 cores
+bench: setup
+	$(PY) -m bench.compare
+	$(PY) -m bench.scaling
 
 lint:
 	$(VENV)/bin/ruff check .
