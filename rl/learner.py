@@ -12,7 +12,6 @@ backpropagates ``world_size * loss`` and the reduced gradient is the global one.
 
 from __future__ import annotations
 
-import math
 import os
 import socket
 import time
@@ -26,7 +25,7 @@ from torch import Tensor
 
 from model.moe import RoutingRecorder, expert_load, update_router_bias
 from rl.batch import Batch
-from rl.fsdp import apply_fsdp
+from rl.fsdp import apply_fsdp, gather_full_state
 from rl.logprobs import first_target, token_logprobs
 from rl.losses import kl_loss, mismatch_weights, policy_loss, sft_loss
 
@@ -408,64 +407,6 @@ class LearnerRank:
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def gather_full_state(state: dict[str, Any], rank: int, world_size: int) -> dict[str, torch.Tensor]:
-    """FSDP2 state dict (dim-0 sharded DTensors, plain buffers) -> full CPU tensors on rank 0
-    ({} elsewhere) in one gather per dtype of every rank's shards flattened together: a
-    collective per tensor (``get_model_state_dict``) costs ~100 ms for 60 tensors on gloo,
-    this a few ms. Tensors sharded otherwise than ``Shard(0)`` are gathered on their own."""
-    from torch.distributed.tensor import DTensor, Shard
-
-    sharded = {
-        k: v
-        for k, v in state.items()
-        if isinstance(v, DTensor) and tuple(v.placements) == (Shard(0),)
-    }
-    full = {
-        k: (v.full_tensor() if isinstance(v, DTensor) else v).detach().cpu()
-        for k, v in state.items()
-        if k not in sharded
-    }
-    for dtype in sorted({v.dtype for v in sharded.values()}, key=str):
-        group = {k: v for k, v in sharded.items() if v.dtype == dtype}
-        full.update(_gather_dim0(group, rank, world_size))
-    return {k: full[k] for k in state} if rank == 0 else {}
-
-
-def _gather_dim0(sharded: dict[str, Any], rank: int, world_size: int) -> dict[str, Tensor]:
-    """Dim-0 sharded DTensors of one dtype -> full tensors on rank 0, one collective."""
-    if world_size == 1:
-        return {k: v.to_local().detach().cpu() for k, v in sharded.items()}
-    flat = torch.cat([v.to_local().detach().reshape(-1) for v in sharded.values()])
-    longest = max(
-        sum(
-            _shard_rows(v.shape[0], world_size, r) * math.prod(v.shape[1:])
-            for v in sharded.values()
-        )
-        for r in range(world_size)
-    )
-    padded = torch.zeros(longest, dtype=flat.dtype, device=flat.device)
-    padded[: flat.numel()] = flat
-    gathered = [torch.empty_like(padded) for _ in range(world_size)] if rank == 0 else None
-    dist.gather(padded, gathered, dst=0)
-    if rank != 0:
-        return {}
-    pieces: dict[str, list[Tensor]] = {k: [] for k in sharded}
-    for r, buf in enumerate(gathered):
-        offset = 0
-        for key, value in sharded.items():
-            rows = _shard_rows(value.shape[0], world_size, r)
-            numel = rows * math.prod(value.shape[1:])
-            pieces[key].append(buf[offset : offset + numel].view(rows, *value.shape[1:]))
-            offset += numel
-    return {k: torch.cat(v).cpu() for k, v in pieces.items()}
-
-
-def _shard_rows(dim0: int, world_size: int, rank: int) -> int:
-    """Rows of a dim-0 FSDP2 shard (torch.chunk's split: ceil-sized, the tail shorter/empty)."""
-    size = -(-dim0 // world_size)
-    return max(0, min(size, dim0 - rank * size))
 
 
 def _add_load(
