@@ -138,8 +138,14 @@ class LearnerRank:
         )
 
     def _micro_batches(self, batch: Batch, size: int):
+        """``(first row, micro-batch)`` pairs: ``size`` rows each, padding columns trimmed."""
         for start in range(0, len(batch), size):
-            yield batch.select(slice(start, start + size)).trimmed()
+            yield start, batch.select(slice(start, start + size)).trimmed()
+
+    def _token_logprobs(self, model: torch.nn.Module, mb: Batch, temperature: float = 1.0, **kw):
+        """``token_logprobs`` of a micro-batch on this rank's device, from its first target."""
+        ids, attn = self._to(mb.input_ids), self._to(mb.attention_mask)
+        return token_logprobs(model, ids, attn, temperature, start=first_target(mb.loss_mask), **kw)
 
     def _to(self, t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(self.device)
@@ -166,13 +172,8 @@ class LearnerRank:
         """One optimizer step of NLL on the completion tokens (mean over the global batch)."""
         self.model.train()
         total = 0.0
-        for mb in self._micro_batches(batch, micro_batch_size):
-            lp = token_logprobs(
-                self.model,
-                self._to(mb.input_ids),
-                self._to(mb.attention_mask),
-                start=first_target(mb.loss_mask),
-            )
+        for _, mb in self._micro_batches(batch, micro_batch_size):
+            lp = self._token_logprobs(self.model, mb)
             loss = sft_loss(lp, self._to(mb.loss_mask), num_tokens=num_tokens)
             (loss * self.world_size).backward()
             total += float(loss.detach())
@@ -190,15 +191,8 @@ class LearnerRank:
         adapters_off = self.model.disable_adapter() if reference and self.lora else nullcontext()
         out = torch.zeros_like(batch.loss_mask)
         with adapters_off:
-            for start in range(0, len(batch), micro_batch_size):
-                mb = batch.select(slice(start, start + micro_batch_size)).trimmed()
-                lp = token_logprobs(
-                    model,
-                    self._to(mb.input_ids),
-                    self._to(mb.attention_mask),
-                    temperature,
-                    start=first_target(mb.loss_mask),
-                )
+            for start, mb in self._micro_batches(batch, micro_batch_size):
+                lp = self._token_logprobs(model, mb, temperature)
                 lp = torch.where(self._to(mb.loss_mask) > 0, lp, 0.0).cpu()
                 out[start : start + len(mb), : lp.shape[1]] = lp
         model.reshard()
@@ -233,17 +227,11 @@ class LearnerRank:
         entropy_coef = loss_cfg.get("entropy_coef", 0.0)
         denominators = {"num_tokens": num_tokens, "num_seqs": num_seqs}
         load: dict[int, torch.Tensor] = {}
-        for mb in self._micro_batches(batch, micro_batch_size):
-            ids, attn, mask = (self._to(t) for t in (mb.input_ids, mb.attention_mask, mb.loss_mask))
+        for _, mb in self._micro_batches(batch, micro_batch_size):
+            attn, mask = self._to(mb.attention_mask), self._to(mb.loss_mask)
             with RoutingRecorder(self.model) as routing:
-                lp, entropy = token_logprobs(
-                    self.model,
-                    ids,
-                    attn,
-                    temperature,
-                    with_entropy=True,
-                    entropy_grad=entropy_coef > 0,
-                    start=first_target(mb.loss_mask),
+                lp, entropy = self._token_logprobs(
+                    self.model, mb, temperature, with_entropy=True, entropy_grad=entropy_coef > 0
                 )
             _add_load(load, routing.records, attn, self.model.config)
             old = lp.detach() if mb.old_logprobs is None else self._to(mb.old_logprobs)
@@ -295,8 +283,7 @@ class LearnerRank:
         """``{MoE layer: per row, the sorted top-k experts (tokens, k) of its non-padding
         tokens}`` from forwards in micro-batches of ``micro_batch_size`` ({} if dense)."""
         rows: dict[int, list[Tensor]] = {}
-        for start in range(0, len(batch), micro_batch_size):
-            mb = batch.select(slice(start, start + micro_batch_size)).trimmed()
+        for _, mb in self._micro_batches(batch, micro_batch_size):
             ids, attn = self._to(mb.input_ids), self._to(mb.attention_mask)
             with RoutingRecorder(self.model) as recorder:
                 self.model(input_ids=ids, attention_mask=attn, use_cache=False)
