@@ -90,6 +90,19 @@ def make_batch(
     return Batch(ids, attn, mask, adv, lps)
 
 
+def micro_batch_starts(lengths: Sequence[int], max_rows: int, max_tokens: int | None) -> list[int]:
+    """Where each micro-batch begins, for rows sorted longest first: at most ``max_rows`` rows
+    and, with ``max_tokens``, at most that many padded tokens (rows x its first, longest row)
+    each, so short rows travel many to a pass and long rows few (little padding computed);
+    a row longer than ``max_tokens`` is a micro-batch of its own."""
+    starts = [0] if len(lengths) else []
+    for i in range(1, len(lengths)):
+        rows = i - starts[-1] + 1
+        if rows > max_rows or (max_tokens is not None and rows * lengths[starts[-1]] > max_tokens):
+            starts.append(i)
+    return starts
+
+
 def shard_rows(n: int, world_size: int) -> list[slice]:
     """Contiguous, near-equal row ranges, one per rank."""
     base, extra = divmod(n, world_size)

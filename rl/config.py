@@ -188,6 +188,15 @@ class LearnerConfig:
     """Learner ranks (Ray actors in one torch.distributed group, FSDP2-sharded)."""
     micro_batch_size: int = 64
     """Sequences per forward/backward on one rank; gradients accumulate across them."""
+    micro_batch_tokens: int | None = 4096
+    """Also at most this many padded tokens (rows x longest row) per forward/backward: rows
+    are sorted by length, so short rows go many to a pass and long ones few. None: rows only."""
+    share_prompts: int = 1024
+    """GRPO forwards: a micro-batch's completions of one prompt go through the model as one
+    packed row of at most this many tokens, [prompt, completion 1, completion 2, ...], each
+    completion attending to the prompt and itself: the prompt is computed once, not G times.
+    Same logprobs and gradients; a MoE layer's expert load then counts a shared prompt's
+    tokens once. 0: off (also off for non-sdpa attention)."""
     backend: str = "auto"
     """torch.distributed backend: auto (nccl on GPU, gloo on CPU), gloo, nccl."""
     threads: int | None = None
@@ -350,6 +359,13 @@ def _check(recipe: Recipe, source: str) -> None:
             "auto, gloo or nccl",
         ),
         (recipe.learner.world_size >= 1, "learner.world_size", ">= 1"),
+        (recipe.learner.micro_batch_size >= 1, "learner.micro_batch_size", ">= 1"),
+        (
+            recipe.learner.micro_batch_tokens is None or recipe.learner.micro_batch_tokens >= 1,
+            "learner.micro_batch_tokens",
+            ">= 1 or null",
+        ),
+        (recipe.learner.share_prompts >= 0, "learner.share_prompts", ">= 0"),
         (recipe.rollout.workers >= 1, "rollout.workers", ">= 1"),
         (recipe.rollout.threads is None or recipe.rollout.threads >= 1, "rollout.threads", ">= 1"),
         (

@@ -15,7 +15,9 @@ from __future__ import annotations
 import os
 import socket
 import time
+from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,13 @@ from torch import Tensor
 from model.moe import RoutingRecorder, expert_load, update_router_bias
 from rl.batch import Batch
 from rl.fsdp import apply_fsdp, gather_full_state
-from rl.logprobs import first_target, token_logprobs
+from rl.logprobs import (
+    SharedPrompts,
+    first_target,
+    share_prompts,
+    shared_token_logprobs,
+    token_logprobs,
+)
 from rl.losses import kl_loss, mismatch_weights, policy_loss, sft_loss
 
 # Per-rank sums the LearnerGroup adds up (token-weighted where a mean is reported).
@@ -58,9 +66,11 @@ class LearnerRank:
         threads: int | None = None,
         seed: int = 0,
         lora: dict[str, Any] | None = None,
+        share_prompts: int = 0,
     ) -> None:
         self.rank, self.world_size, self.model_dir = rank, world_size, model_dir
         self.dtype, self.seed, self.lora = dtype, seed, lora
+        self.share_prompts = share_prompts  # max tokens of a packed row; 0: no packing
         self.backend = (
             backend if backend != "auto" else ("nccl" if torch.cuda.is_available() else "gloo")
         )
@@ -137,15 +147,32 @@ class LearnerRank:
             weight_decay=weight_decay,
         )
 
-    def _micro_batches(self, batch: Batch, size: int):
-        """``(first row, micro-batch)`` pairs: ``size`` rows each, padding columns trimmed."""
-        for start in range(0, len(batch), size):
-            yield start, batch.select(slice(start, start + size)).trimmed()
+    def _micro_batches(self, batch: Batch, size: int, starts: Sequence[int] | None = None):
+        """``(first row, micro-batch)`` pairs, padding columns trimmed: ``size`` rows each, or
+        cut at ``starts`` (LearnerGroup's token-budgeted cuts, the same count on every rank)."""
+        starts = range(0, len(batch), size) if starts is None else starts
+        for start, end in zip(starts, [*starts[1:], len(batch)], strict=True):
+            yield start, batch.select(slice(start, end)).trimmed()
 
     def _token_logprobs(self, model: torch.nn.Module, mb: Batch, temperature: float = 1.0, **kw):
         """``token_logprobs`` of a micro-batch on this rank's device, from its first target."""
         ids, attn = self._to(mb.input_ids), self._to(mb.attention_mask)
         return token_logprobs(model, ids, attn, temperature, start=first_target(mb.loss_mask), **kw)
+
+    def _shared_logprobs(self, model: torch.nn.Module, mb: Batch, temperature: float, **kw):
+        """``(_token_logprobs result, tokens computed (N, L))``: from rows packed by prompt
+        (rl.logprobs.share_prompts) when that saves work, values on the loss mask only."""
+        packed = None
+        if self.share_prompts and model.config._attn_implementation == "sdpa":
+            packed = share_prompts(mb.input_ids, mb.loss_mask, self.share_prompts)
+        if packed is None:
+            return self._token_logprobs(model, mb, temperature, **kw), mb.attention_mask
+        packed = SharedPrompts(
+            *(self._to(getattr(packed, f.name)) for f in fields(SharedPrompts)[:-1]),
+            packed.start,
+        )
+        out = shared_token_logprobs(model, packed, mb.input_ids, mb.loss_mask, temperature, **kw)
+        return out, packed.valid
 
     def _to(self, t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(self.device)
@@ -168,11 +195,12 @@ class LearnerRank:
         lr: float,
         micro_batch_size: int,
         max_grad_norm: float | None = 1.0,
+        starts: Sequence[int] | None = None,
     ) -> dict[str, float]:
         """One optimizer step of NLL on the completion tokens (mean over the global batch)."""
         self.model.train()
         total = 0.0
-        for _, mb in self._micro_batches(batch, micro_batch_size):
+        for _, mb in self._micro_batches(batch, micro_batch_size, starts):
             lp = self._token_logprobs(self.model, mb)
             loss = sft_loss(lp, self._to(mb.loss_mask), num_tokens=num_tokens)
             (loss * self.world_size).backward()
@@ -181,7 +209,12 @@ class LearnerRank:
 
     @torch.no_grad()
     def logprobs(
-        self, batch: Batch, micro_batch_size: int, temperature: float = 1.0, reference: bool = False
+        self,
+        batch: Batch,
+        micro_batch_size: int,
+        temperature: float = 1.0,
+        reference: bool = False,
+        starts: Sequence[int] | None = None,
     ) -> Tensor:
         """(B, T-1) logprobs of this rank's rows (no grad), 0 off the mask: under the current
         weights (old logprobs of a multi-update step) or the frozen reference policy's."""
@@ -191,8 +224,8 @@ class LearnerRank:
         adapters_off = self.model.disable_adapter() if reference and self.lora else nullcontext()
         out = torch.zeros_like(batch.loss_mask)
         with adapters_off:
-            for start, mb in self._micro_batches(batch, micro_batch_size):
-                lp = self._token_logprobs(model, mb, temperature)
+            for start, mb in self._micro_batches(batch, micro_batch_size, starts):
+                lp, _ = self._shared_logprobs(model, mb, temperature)
                 lp = torch.where(self._to(mb.loss_mask) > 0, lp, 0.0).cpu()
                 out[start : start + len(mb), : lp.shape[1]] = lp
         model.reshard()
@@ -211,6 +244,7 @@ class LearnerRank:
         kl: dict[str, Any] | None = None,
         mismatch: dict[str, Any] | None = None,
         gradients_only: bool = False,
+        starts: Sequence[int] | None = None,
     ) -> dict[str, Any]:
         """One optimizer step of the clipped policy-gradient loss on this rank's rows
         (``gradients_only``: no step; the full, reduced gradient is returned instead).
@@ -227,13 +261,13 @@ class LearnerRank:
         entropy_coef = loss_cfg.get("entropy_coef", 0.0)
         denominators = {"num_tokens": num_tokens, "num_seqs": num_seqs}
         load: dict[int, torch.Tensor] = {}
-        for _, mb in self._micro_batches(batch, micro_batch_size):
-            attn, mask = self._to(mb.attention_mask), self._to(mb.loss_mask)
+        for _, mb in self._micro_batches(batch, micro_batch_size, starts):
+            mask = self._to(mb.loss_mask)
             with RoutingRecorder(self.model) as routing:
-                lp, entropy = self._token_logprobs(
+                (lp, entropy), tokens = self._shared_logprobs(
                     self.model, mb, temperature, with_entropy=True, entropy_grad=entropy_coef > 0
                 )
-            _add_load(load, routing.records, attn, self.model.config)
+            _add_load(load, routing.records, self._to(tokens), self.model.config)
             old = lp.detach() if mb.old_logprobs is None else self._to(mb.old_logprobs)
             rollout = self._to(mb.rollout_logprobs)
             weights, wm = None, None

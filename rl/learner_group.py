@@ -7,7 +7,7 @@ from typing import Any
 import ray
 import torch
 
-from rl.batch import Batch
+from rl.batch import Batch, micro_batch_starts
 from rl.learner import LearnerRank
 
 TIMEOUT_S = 1800  # no single learner call should take this long on any machine we target
@@ -27,9 +27,12 @@ class LearnerGroup:
         seed: int = 0,
         num_gpus_per_rank: float = 0,
         lora: dict[str, Any] | None = None,
+        micro_batch_tokens: int | None = None,
+        share_prompts: int = 0,
     ) -> None:
         actor = ray.remote(num_cpus=0, num_gpus=num_gpus_per_rank)(LearnerRank)
         self.world_size = world_size
+        self.micro_batch_tokens = micro_batch_tokens
         self.ranks = [
             actor.remote(
                 r,
@@ -40,6 +43,7 @@ class LearnerGroup:
                 threads=threads,
                 seed=seed,
                 lora=lora,
+                share_prompts=share_prompts,
             )
             for r in range(world_size)
         ]
@@ -52,11 +56,19 @@ class LearnerGroup:
         return ray.get(refs, timeout=TIMEOUT_S)
 
     def _split(self, method: str, batch: Batch, **kwargs: Any) -> list[Any]:
-        """Rank ``r``'s result for rows ``self._rows(batch)[r]`` of ``batch``."""
+        """Rank ``r``'s result for rows ``self._rows(batch)[r]`` of ``batch``. With
+        ``micro_batch_tokens``, passes of ``sft_step``/``logprobs``/``grpo_step`` are cut by
+        padded tokens as well as rows, at the same rows on every rank (FSDP2 pairs passes)."""
         batch = batch.padded(-len(batch) % self.world_size)
+        ranks_rows = self._rows(batch)
+        if self.micro_batch_tokens and method in ("sft_step", "logprobs", "grpo_step"):
+            longest = torch.stack([batch.attention_mask[rows].sum(1) for rows in ranks_rows])
+            kwargs["starts"] = micro_batch_starts(
+                longest.max(0).values.tolist(), kwargs["micro_batch_size"], self.micro_batch_tokens
+            )
         refs = [
             getattr(r, method).remote(batch.select(rows), **kwargs)
-            for r, rows in zip(self.ranks, self._rows(batch), strict=True)
+            for r, rows in zip(self.ranks, ranks_rows, strict=True)
         ]
         return ray.get(refs, timeout=TIMEOUT_S)
 

@@ -11,6 +11,8 @@ vocabulary sizes (150k entries: a float32 log-softmax of 64 x 1024 positions is 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -98,3 +100,117 @@ def first_target(loss_mask: Tensor) -> int:
     """The first position any row's loss reads ((B, T-1) mask); 0 for an empty mask."""
     used = torch.nonzero(loss_mask.any(0))
     return int(used[0]) if len(used) else 0
+
+
+@dataclass
+class SharedPrompts:
+    """Rows that share a prompt laid out as ``[prompt, completion 1, completion 2, ...]`` in one
+    packed row: the prompt goes through the model once, each completion attends to it and to
+    its own earlier tokens only, at the positions it has in its own row."""
+
+    input_ids: Tensor  # (N, L)
+    position_ids: Tensor  # (N, L)
+    attention: Tensor  # (N, 1, L, L) bool: query attends key
+    valid: Tensor  # (N, L) bool: real tokens (not padding)
+    source: Tensor  # (B, T-1) long: flat (N * L) index of the position predicting each loss token
+    start: int  # first packed position any loss reads
+
+
+def share_prompts(
+    input_ids: Tensor, loss_mask: Tensor, max_tokens: int, min_saving: float = 0.1
+) -> SharedPrompts | None:
+    """Pack rows whose loss reads the same prompt (a GRPO group's completions), at most
+    ``max_tokens`` per packed row; None when that would save under ``min_saving`` of the
+    tokens (or no row has a loss). Rows with an empty loss mask are left out: they add
+    nothing to a loss. The prompt of a row is everything before its first loss target."""
+    mask = loss_mask > 0
+    rows = torch.nonzero(mask.any(1)).flatten().tolist()
+    if not rows:
+        return None
+    first = mask.float().argmax(1).tolist()  # position predicting the first completion token
+    last = (mask.shape[1] - 1 - mask.flip(1).float().argmax(1)).tolist()
+    ids = input_ids.tolist()
+    packs: list[tuple[int, list[int]]] = []  # (prompt length, rows), rows in packing order
+    by_prompt: dict[tuple[int, ...], list[int]] = {}
+    for b in rows:
+        by_prompt.setdefault(tuple(ids[b][: first[b] + 1]), []).append(b)
+    for prompt, members in by_prompt.items():
+        p = len(prompt)
+        packs.append((p, []))
+        size = p
+        for b in members:
+            n = last[b] + 2 - p  # completion tokens of row b
+            if packs[-1][1] and size + n > max_tokens:
+                packs.append((p, []))
+                size = p
+            packs[-1][1].append(b)
+            size += n
+    lengths = [p + sum(last[b] + 2 - p for b in members) for p, members in packs]
+    unpacked = sum(last[b] + 2 for b in rows)
+    if sum(lengths) > (1 - min_saving) * unpacked:
+        return None
+    width = max(lengths)
+    n_packs = len(packs)
+    packed = torch.zeros(n_packs, width, dtype=input_ids.dtype)
+    positions = torch.zeros(n_packs, width, dtype=torch.long)
+    segment = torch.full((n_packs, width), -2, dtype=torch.long)  # -1 prompt, i completion i
+    source = torch.zeros(mask.shape, dtype=torch.long)
+    for j, (p, members) in enumerate(packs):
+        packed[j, :p] = input_ids[members[0], :p]
+        positions[j, :p] = torch.arange(p)
+        segment[j, :p] = -1
+        offset = p
+        for i, b in enumerate(members):
+            n = last[b] + 2 - p
+            packed[j, offset : offset + n] = input_ids[b, p : p + n]
+            positions[j, offset : offset + n] = torch.arange(p, p + n)
+            segment[j, offset : offset + n] = i
+            # row b's loss position t predicts token t + 1: its hidden state sits at packed
+            # position t (the prompt's last, t = p - 1) or offset + t - p (a completion token)
+            t = torch.arange(p - 1, p + n - 1)
+            source[b, p - 1 : p + n - 1] = j * width + torch.where(t < p, t, offset + t - p)
+            offset += n
+    valid = segment > -2
+    causal = positions[:, :, None] >= positions[:, None, :]
+    same = (segment[:, :, None] == segment[:, None, :]) | (segment[:, None, :] == -1)
+    attention = (causal & same & valid[:, None, :]) | torch.eye(width, dtype=torch.bool)
+    start = min(p for p, _ in packs) - 1
+    return SharedPrompts(packed, positions, attention[:, None], valid, source, start)
+
+
+def shared_token_logprobs(
+    model: torch.nn.Module,
+    packed: SharedPrompts,
+    input_ids: Tensor,
+    loss_mask: Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """``token_logprobs`` of the rows ``packed`` holds, from one forward of the packed rows:
+    (B, T-1) values on ``loss_mask``, 0 elsewhere (and entropies, as token_logprobs)."""
+    device = packed.input_ids.device
+    width = packed.input_ids.shape[1]
+    logits = model(
+        input_ids=packed.input_ids,
+        position_ids=packed.position_ids,
+        attention_mask=packed.attention,
+        use_cache=False,
+        logits_to_keep=width - packed.start,
+    ).logits  # (N, L - start, V)
+    # flat index into the kept positions: pack j, position s -> j * (L - start) + s - start
+    kept = width - packed.start
+    src = packed.source.to(device)
+    src = (src // width) * kept + src % width - packed.start
+    on = loss_mask.to(device) > 0
+    picked = logits.reshape(-1, logits.shape[-1])[src[on]]  # (tokens, V)
+    targets = input_ids.to(device)[:, 1:][on]
+    out = torch.zeros(loss_mask.shape, dtype=torch.float32, device=device)
+    out = out.masked_scatter(on, selected_logprobs(picked, targets, temperature))
+    if not with_entropy:
+        return out
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        scaled = picked if temperature == 1.0 else picked / temperature
+        entropy = torch.zeros(loss_mask.shape, dtype=torch.float32, device=device)
+        entropy = entropy.masked_scatter(on, entropy_from_logits(scaled[None])[0].float())
+    return out, entropy

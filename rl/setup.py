@@ -175,6 +175,8 @@ def start_run(
         threads=threads,
         seed=recipe.seed,
         lora=asdict(recipe.lora) if recipe.lora.r > 0 else None,
+        micro_batch_tokens=lc.micro_batch_tokens,
+        share_prompts=lc.share_prompts,
     )
     pool = RewardPool(recipe.rewards.weights, recipe.rewards.workers, recipe.rewards.timeout_s)
     accuracy_pool = RewardPool(
@@ -234,7 +236,10 @@ def print_plan(run: Run, model_dir: Path, setup_s: float) -> None:
         f"  GRPO: {g.steps} steps x {g.prompts_per_step} prompts x G={g.group_size} = "
         f"{samples} samples/step ({sampling}); {g.epochs} epoch(s) x {g.mini_batches} "
         f"mini-batch(es) = {g.epochs * g.mini_batches} optimizer step(s)/step, "
-        f"micro-batch {r.learner.micro_batch_size}/rank, {accumulation} accumulation step(s)\n"
+        f"micro-batch {r.learner.micro_batch_size}/rank"
+        f"{f' (<= {r.learner.micro_batch_tokens} tokens)' if r.learner.micro_batch_tokens else ''}"
+        f", {accumulation} accumulation step(s)"
+        f"{', prompts shared' if r.learner.share_prompts else ''}\n"
         f"        {r.algorithm or 'custom'}: estimator {g.estimator}, loss {g.loss_agg} "
         f"(denominator: {denominator}), clip [{1 - g.clip_low:g}, {1 + g.clip_high:g}], "
         f"old logprobs: {g.old_logprobs if g.epochs * g.mini_batches > 1 else 'on-policy'}, "

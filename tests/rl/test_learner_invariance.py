@@ -1,6 +1,7 @@
 """Loss normalisation does not depend on how a batch is cut: for every aggregation mode (and
 GSPO ratios, an entropy bonus, a KL loss, mismatch weights), one batch gives the same loss and
-the same gradient as one micro-batch, as several, and on 1 or 2 FSDP2 ranks (gloo, Ray).
+the same gradient as one micro-batch, as several (cut by rows or by padded tokens), on 1 or 2
+FSDP2 ranks (gloo, Ray), and with each prompt's rows packed into one forward (share_prompts).
 
 Each rank's loss is its rows' share of the *global* numerator over the global denominator
 (tokens, sequences, or sequences x max_len), so the pieces add up exactly: the only
@@ -16,7 +17,11 @@ from tests.rl.test_learner import batches
 
 pytestmark = pytest.mark.slow
 
-CUTS = [(1, 64), (1, 2), (2, 3)]  # (ranks, micro-batch rows per rank)
+# (ranks, micro-batch rows per rank, micro_batch_tokens, share_prompts): the test batch has 3
+# prompts x 3 rows of 4-11 tokens; 16 tokens cut it into 1-2 rows per pass, and packed rows
+# of at most 12 tokens split a prompt's rows over two packs
+CUTS = [(1, 64, None, 0), (1, 2, None, 0), (2, 3, None, 0), (2, 64, 16, 0), (2, 3, None, 12)]
+CUTS += [(1, 64, 16, 1024)]
 VARIANTS = [{"loss_agg": mode} for mode in AGGREGATIONS] + [
     {"loss_agg": "seq-mean-token-mean", "ratio_level": "sequence"},
     {"loss_agg": "token-mean", "entropy_coef": 0.01, "clip_ratio_c": 3.0},
@@ -27,7 +32,17 @@ VARIANTS = [{"loss_agg": mode} for mode in AGGREGATIONS] + [
 
 @pytest.fixture(scope="module")
 def learners(ray_cluster, tiny_policy_dir):
-    groups = {n: LearnerGroup(tiny_policy_dir, n, threads=1, seed=0) for n in (1, 2)}
+    groups = {
+        (ranks, tokens, share): LearnerGroup(
+            tiny_policy_dir,
+            ranks,
+            threads=1,
+            seed=0,
+            micro_batch_tokens=tokens,
+            share_prompts=share,
+        )
+        for ranks, _, tokens, share in CUTS
+    }
     for group in groups.values():
         group.configure_optimizer(1e-3)
         group.snapshot_reference()
@@ -54,9 +69,9 @@ def test_one_batch_any_cut_same_loss_and_gradient(learners, variant):
     kl = {"coef": 0.1, "kind": "k3"} if options.pop("kl", False) else None
     mismatch = {"level": "token", "cap": 1.5} if options.pop("mismatch", False) else None
     loss_cfg = {"clip_low": 0.2, "clip_high": 0.28, "max_len": 8, **options}
-    batch = _batch(learners[1])
+    batch = _batch(learners[1, None, 0])
     results = [
-        learners[ranks].grpo_step(
+        learners[ranks, tokens, share].grpo_step(
             batch,
             lr=0.0,
             micro_batch_size=micro,
@@ -67,13 +82,13 @@ def test_one_batch_any_cut_same_loss_and_gradient(learners, variant):
             mismatch=mismatch,
             gradients_only=True,
         )
-        for ranks, micro in CUTS
+        for ranks, micro, tokens, share in CUTS
     ]
     reference = results[0]
     assert reference["clip_frac_low"] + reference["clip_frac_high"] > 0, "no clip exercised"
     assert sum(g.abs().sum() for g in reference["gradients"].values()) > 0
-    for (ranks, micro), result in zip(CUTS[1:], results[1:], strict=True):
-        where = f"{ranks} rank(s), micro-batch {micro}"
+    for (ranks, micro, tokens, share), result in zip(CUTS[1:], results[1:], strict=True):
+        where = f"{ranks} rank(s), micro-batch {micro} rows / {tokens} tokens, share {share}"
         assert result["loss"] == pytest.approx(reference["loss"], abs=1e-5), where
         assert result["gradients"].keys() == reference["gradients"].keys()
         for name, grad in reference["gradients"].items():

@@ -1,12 +1,19 @@
 """Selective logprobs (chunked, no log-softmax kept) against the plain formula; logits from the
-first completion position only against a full forward."""
+first completion position only against a full forward; rows packed by shared prompt against
+rows one by one; micro-batch cuts by rows and tokens."""
 
 import pytest
 import torch
 
 from model import new_policy
-from rl.batch import make_batch
-from rl.logprobs import first_target, selected_logprobs, token_logprobs
+from rl.batch import make_batch, micro_batch_starts
+from rl.logprobs import (
+    first_target,
+    selected_logprobs,
+    share_prompts,
+    shared_token_logprobs,
+    token_logprobs,
+)
 
 ALPHABET = "0123456789+-= "
 
@@ -71,3 +78,64 @@ def test_logits_from_the_first_target_on_equal_full_forward_on_the_mask(preset):
 
 def test_first_target_of_an_empty_mask_is_zero():
     assert first_target(torch.zeros(2, 5)) == 0
+
+
+def _group_batch(tok):
+    """Two prompts of different lengths, three and two completions each, one row of the first
+    prompt with an empty loss mask (as a truncated row or an inert padding row has)."""
+    a, b = [1, 4, 12, 13, 5, 3], [1, 4, 14, 5]
+    prompts = [a, b, a, a, b, a]
+    completions = [[14, 12, 2], [13, 7, 7, 7, 2], [12, 2], [9, 9, 9, 9, 9, 9, 2], [8, 2], [6, 2]]
+    batch = make_batch(prompts, completions, tok.pad_token_id)
+    batch.loss_mask[5] = 0
+    return batch
+
+
+@pytest.mark.parametrize("preset", ["tiny-qwen2", "tiny-dsv3"])
+@pytest.mark.parametrize("max_tokens", [1024, 14])  # 14: the first prompt's rows in two packs
+def test_shared_prompt_packs_give_the_same_logprobs_entropies_and_gradients(preset, max_tokens):
+    model, tok = new_policy(preset, ALPHABET, seed=0)
+    batch = _group_batch(tok)
+    packed = share_prompts(batch.input_ids, batch.loss_mask, max_tokens, min_saving=0.0)
+    assert packed is not None
+    assert len(packed.input_ids) == (2 if max_tokens == 1024 else 3)
+    assert packed.input_ids.shape[1] <= max(max_tokens, 6 + 7)  # a row longer than the cap: alone
+
+    mask = batch.loss_mask > 0
+    weights = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0)) * mask
+    start = first_target(batch.loss_mask)
+    ref, ref_entropy = token_logprobs(
+        model, batch.input_ids, batch.attention_mask, 0.7, with_entropy=True, start=start
+    )
+    (ref * weights).sum().backward()
+    ref_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    ours, entropy = shared_token_logprobs(
+        model, packed, batch.input_ids, batch.loss_mask, 0.7, with_entropy=True
+    )
+    (ours * weights).sum().backward()
+
+    assert ours.shape == ref.shape and (ours[~mask] == 0).all()
+    torch.testing.assert_close(ours[mask], ref[mask], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(entropy[mask], ref_entropy[mask], atol=1e-5, rtol=1e-5)
+    assert ref_grads and sum(g.abs().sum() for g in ref_grads.values()) > 0
+    for name, grad in ref_grads.items():
+        torch.testing.assert_close(model.get_parameter(name).grad, grad, atol=1e-5, rtol=1e-4)
+
+
+def test_no_shared_prompt_or_no_saving_means_no_packing():
+    _, tok = new_policy("tiny-qwen2", ALPHABET, seed=0)
+    batch = make_batch([[1, 4, 5], [1, 6, 5]], [[7, 2], [8, 2]], tok.pad_token_id)
+    assert share_prompts(batch.input_ids, batch.loss_mask, 1024) is None  # distinct prompts
+    batch = _group_batch(tok)
+    assert share_prompts(batch.input_ids, batch.loss_mask, 1024, min_saving=0.9) is None
+    batch.loss_mask.zero_()
+    assert share_prompts(batch.input_ids, batch.loss_mask, 1024, min_saving=0.0) is None
+
+
+def test_micro_batch_starts_cut_by_rows_and_by_padded_tokens():
+    lengths = [50, 40, 30, 20, 10, 10, 10, 10]  # longest first
+    assert micro_batch_starts(lengths, 3, None) == [0, 3, 6]
+    assert micro_batch_starts(lengths, 8, 100) == [0, 2, 5]  # 50, 40 | 30, 20, 10 | 10, 10, 10
+    assert micro_batch_starts(lengths, 8, 30) == [0, 1, 2, 3, 4, 7]  # over the cap: alone
+    assert micro_batch_starts([], 4, 100) == []
