@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from rewards import stats
+from rewards import ScoreResult, stats
 from rl.advantages import compute_advantages
 from rl.batch import Batch, make_batch, shard_rows
 from rl.checkpoint import DataOrder
@@ -32,6 +32,9 @@ from rl.losses import kl_in_reward, kl_penalty
 from rl.metrics import expert_load_summary
 from rl.schedule import lr_at
 from rl.setup import Run
+from rollouts.types import Completion
+
+PHASES = ("time_generate", "time_reward", "time_learner", "time_sync")
 
 
 @dataclass
@@ -65,7 +68,7 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
     """Sample, score, update, sync; returns the step's metrics row."""
     cfg = run.recipe.grpo
     start = time.time()
-    timing = {"time_generate": 0.0, "time_reward": 0.0}
+    timing = {"time_generate": 0.0, "time_reward": 0.0, "time_reward_overlapped": 0.0}
     groups, sampling = sample_groups(run, rows, order, step, timing)
 
     batch = make_batch(
@@ -98,7 +101,9 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
         **stats(groups.scored),
         **sync,
         **timing,
-        "time_other": step_time - sum(timing.values()),  # batching, advantages, Ray calls
+        # batching, advantages, Ray calls (reward scoring overlapped with generation is in
+        # time_generate too)
+        "time_other": step_time - sum(v for k, v in timing.items() if k in PHASES),
         "time_step": step_time,
     }
 
@@ -176,6 +181,19 @@ def _generate_and_score(
 ) -> Groups:
     cfg = run.recipe.grpo
     prompts = [run.prompt_ids(r["prompt"]) for r in picked]
+    results: dict[int, ScoreResult] = {}  # id(completion) -> its score
+
+    def score(part: list[Completion]) -> float:
+        t0 = time.time()
+        rows = [picked[c.prompt_index] for c in part]
+        results.update(
+            zip(map(id, part), run.pool.score([c.text for c in part], rows), strict=True)
+        )
+        return time.time() - t0
+
+    def score_early(part: list[Completion]) -> None:  # while other workers still generate
+        timing["time_reward_overlapped"] += score(part)
+
     t0 = time.time()
     completions = run.rollouts.generate(
         prompts,
@@ -184,13 +202,11 @@ def _generate_and_score(
         top_p=cfg.top_p,
         max_tokens=cfg.max_new_tokens,
         seed=run.recipe.rollout.seed + 100_003 * step + 7_919 * round_,
+        on_early=score_early,
     )
     timing["time_generate"] += time.time() - t0
-    t0 = time.time()
-    scored = run.pool.score(
-        [c.text for c in completions], [picked[c.prompt_index] for c in completions]
-    )
-    timing["time_reward"] += time.time() - t0
+    timing["time_reward"] += score([c for c in completions if id(c) not in results])
+    scored = [results[id(c)] for c in completions]
     return Groups(
         [prompts[c.prompt_index] for c in completions],
         completions,

@@ -138,9 +138,13 @@ class RolloutGroup:
         top_p: float = 1.0,
         max_tokens: int = 64,
         seed: int | None = None,
+        on_early: Callable[[list[Completion]], None] | None = None,
     ) -> list[Completion]:
         """``VLLMEngine.generate`` over all workers: ``len(prompts) * n`` completions grouped
-        by prompt in input order, ``prompt_index`` global; prompt ``i`` seeded ``seed + i``."""
+        by prompt in input order, ``prompt_index`` global; prompt ``i`` seeded ``seed + i``.
+
+        ``on_early(part)``: called with each worker's completions that arrive while another
+        worker is still generating (e.g. to score them meanwhile); the last part is not."""
         chunks = [c for c in split_evenly(len(prompts), self.num_workers) if len(c)]
 
         def submit(slot: int, worker: ray.actor.ActorHandle) -> ray.ObjectRef:
@@ -155,14 +159,15 @@ class RolloutGroup:
                 seed_offset=chunk.start,
             )
 
-        results = self._fan_out(submit, len(chunks), restore_weights=True)
-        completions = []
-        for slot, (chunk, part) in enumerate(zip(chunks, results, strict=True)):
+        def arrived(slot: int, part: list[Completion], early: bool) -> None:
             for c in part:
-                c.prompt_index += chunk.start
+                c.prompt_index += chunks[slot].start
             self._samples[slot] += len(part)
-            completions.extend(part)
-        return completions
+            if early and on_early is not None:
+                on_early(part)
+
+        results = self._fan_out(submit, len(chunks), restore_weights=True, on_result=arrived)
+        return [c for part in results for c in part]
 
     def update_weights(self, buckets: ray.ObjectRef | bytes | Sequence[bytes]) -> list[int]:
         """Load the same weights into every worker (an ObjectRef to ``pack_buckets`` blobs,
@@ -237,10 +242,12 @@ class RolloutGroup:
         num_calls: int,
         *,
         restore_weights: bool,
+        on_result: Callable[[int, Any, bool], None] | None = None,
     ) -> list[Any]:
         """Call ``submit(slot, worker)`` for slots ``0..num_calls-1`` in parallel and return
         the results in slot order. A dead worker is replaced (with the latest weights if
-        ``restore_weights``) while the others keep running, and its call submitted again."""
+        ``restore_weights``) while the others keep running, and its call submitted again.
+        ``on_result(slot, result, others_pending)`` runs on each result as it arrives."""
         pending = {submit(slot, self.workers[slot]): slot for slot in range(num_calls)}
         results: dict[int, Any] = {}
         restarts = 0
@@ -264,4 +271,7 @@ class RolloutGroup:
                     ) from err
                 self._replace(slot, restore_weights)
                 pending[submit(slot, self.workers[slot])] = slot
+                continue
+            if on_result is not None:
+                on_result(slot, results[slot], bool(pending))
         return [results[slot] for slot in range(num_calls)]

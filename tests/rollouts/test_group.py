@@ -60,6 +60,17 @@ def test_chunks_come_back_in_prompt_order_seeded_as_by_one_engine(fakes):
     assert fakes.generate(PROMPTS[:2], seed=0) == one_engine(PROMPTS[:2], b"v0", seed=0)
 
 
+def test_parts_that_arrive_while_others_generate_are_handed_over_early(fakes):
+    fakes.update_weights(b"v0")
+    early = []
+    out = fakes.generate(PROMPTS, n=2, seed=100, on_early=early.append)
+    assert out == one_engine(PROMPTS, b"v0", n=2, seed=100)  # the same objects, in order
+    assert len(early) == 2  # every worker's part but the last to arrive
+    handed = [c for part in early for c in part]
+    assert all(any(c is o for o in out) for c in handed)  # with global prompt indices
+    assert sorted(len(p) for p in early) in ([4, 4], [4, 6])
+
+
 def test_a_killed_worker_is_replaced_with_the_latest_weights_and_its_chunk_rerun(fakes):
     fakes.update_weights(b"v1")
     before, dead = fakes.stats(), fakes.workers[1]
