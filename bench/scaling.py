@@ -4,9 +4,9 @@
 
 Runs r1kit's GRPO (bench/recipe.yaml, from the bench's SFT starting checkpoint) for
 ``--steps`` steps at G = 4, 8, 16 (16 prompts per step) and at 8, 16, 32, 48 (the demo's
-batch), 64 prompts per step (G = 8), in one process with one vLLM engine shared by every run,
-and plots the mean step time split into phases (steps after the first) against each, plus each
-phase's share. Also measures the Ray round trip to a learner rank and to the rollout worker
+batch), 64 prompts per step (G = 8), in one process with the recipe's vLLM engines shared by
+every run, and plots the mean step time split into phases (steps after the first) against
+each, plus each phase's share. Also measures the Ray round trip to a learner rank and to the rollout worker
 (the fixed cost of each call a step makes).
 """
 
@@ -45,7 +45,7 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     rollouts = RolloutGroup(
         str(policy),
-        1,
+        base["rollout"].get("workers", 1),  # as the recipe's runs, shared by every point
         dtype="float32",
         max_model_len=base["rollout"]["max_model_len"],
         max_num_seqs=max(PROMPTS) * 8,
