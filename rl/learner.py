@@ -17,7 +17,6 @@ import socket
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ from model.moe import RoutingRecorder, expert_load, update_router_bias
 from rl.batch import Batch
 from rl.fsdp import apply_fsdp, gather_full_state
 from rl.logprobs import (
-    SharedPrompts,
     first_target,
     share_prompts,
     shared_token_logprobs,
@@ -167,10 +165,7 @@ class LearnerRank:
             packed = share_prompts(mb.input_ids, mb.loss_mask, self.share_prompts)
         if packed is None:
             return self._token_logprobs(model, mb, temperature, **kw), mb.attention_mask
-        packed = SharedPrompts(
-            *(self._to(getattr(packed, f.name)) for f in fields(SharedPrompts)[:-1]),
-            packed.start,
-        )
+        packed = packed.to(self.device)
         out = shared_token_logprobs(model, packed, mb.input_ids, mb.loss_mask, temperature, **kw)
         return out, packed.valid
 

@@ -115,6 +115,14 @@ class SharedPrompts:
     source: Tensor  # (B, T-1) long: flat (N * L) index of the position predicting each loss token
     start: int  # first packed position any loss reads
 
+    def to(self, device: torch.device | str) -> SharedPrompts:
+        return SharedPrompts(
+            *(t.to(device) for t in (self.input_ids, self.position_ids, self.attention)),
+            self.valid.to(device),
+            self.source.to(device),
+            self.start,
+        )
+
 
 def share_prompts(
     input_ids: Tensor, loss_mask: Tensor, max_tokens: int, min_saving: float = 0.1
