@@ -112,16 +112,13 @@ class SharedPrompts:
     position_ids: Tensor  # (N, L)
     attention: Tensor  # (N, 1, L, L) bool: query attends key
     valid: Tensor  # (N, L) bool: real tokens (not padding)
-    source: Tensor  # (B, T-1) long: flat (N * L) index of the position predicting each loss token
+    source: Tensor  # (B, T-1) long: flat index into the kept (N, L - start) logits of the
+    # position predicting each loss token
     start: int  # first packed position any loss reads
 
     def to(self, device: torch.device | str) -> SharedPrompts:
-        return SharedPrompts(
-            *(t.to(device) for t in (self.input_ids, self.position_ids, self.attention)),
-            self.valid.to(device),
-            self.source.to(device),
-            self.start,
-        )
+        tensors = (self.input_ids, self.position_ids, self.attention, self.valid, self.source)
+        return SharedPrompts(*(t.to(device) for t in tensors), self.start)
 
 
 def share_prompts(
@@ -135,54 +132,54 @@ def share_prompts(
     rows = torch.nonzero(mask.any(1)).flatten().tolist()
     if not rows:
         return None
-    first = mask.float().argmax(1).tolist()  # position predicting the first completion token
-    last = (mask.shape[1] - 1 - mask.flip(1).float().argmax(1)).tolist()
-    ids = input_ids.tolist()
-    packs: list[tuple[int, list[int]]] = []  # (prompt length, rows), rows in packing order
+    first = mask.float().argmax(1)  # position predicting the first completion token
+    last = mask.shape[1] - 1 - mask.flip(1).float().argmax(1)
+    prompt_len, completion_len = (first + 1).tolist(), (last - first + 1).tolist()
     by_prompt: dict[tuple[int, ...], list[int]] = {}
     for b in rows:
-        by_prompt.setdefault(tuple(ids[b][: first[b] + 1]), []).append(b)
-    for prompt, members in by_prompt.items():
-        p = len(prompt)
-        packs.append((p, []))
-        size = p
+        by_prompt.setdefault(tuple(input_ids[b, : prompt_len[b]].tolist()), []).append(b)
+    packs: list[list[int]] = []  # rows per packed row, in packing order
+    for members in by_prompt.values():
+        packs.append([])
+        size = prompt_len[members[0]]
         for b in members:
-            n = last[b] + 2 - p  # completion tokens of row b
-            if packs[-1][1] and size + n > max_tokens:
-                packs.append((p, []))
-                size = p
-            packs[-1][1].append(b)
-            size += n
-    lengths = [p + sum(last[b] + 2 - p for b in members) for p, members in packs]
-    unpacked = sum(last[b] + 2 for b in rows)
-    if sum(lengths) > (1 - min_saving) * unpacked:
+            if packs[-1] and size + completion_len[b] > max_tokens:
+                packs.append([])
+                size = prompt_len[b]
+            packs[-1].append(b)
+            size += completion_len[b]
+    lengths = [prompt_len[pack[0]] + sum(completion_len[b] for b in pack) for pack in packs]
+    if sum(lengths) > (1 - min_saving) * sum(prompt_len[b] + completion_len[b] for b in rows):
         return None
     width = max(lengths)
-    n_packs = len(packs)
-    packed = torch.zeros(n_packs, width, dtype=input_ids.dtype)
-    positions = torch.zeros(n_packs, width, dtype=torch.long)
-    segment = torch.full((n_packs, width), -2, dtype=torch.long)  # -1 prompt, i completion i
+    start = min(prompt_len[pack[0]] for pack in packs) - 1
+    packed = torch.zeros(len(packs), width, dtype=input_ids.dtype)
+    positions = torch.zeros(len(packs), width, dtype=torch.long)
+    segment = torch.full((len(packs), width), -2, dtype=torch.long)  # -1 prompt, i completion i
     source = torch.zeros(mask.shape, dtype=torch.long)
-    for j, (p, members) in enumerate(packs):
-        packed[j, :p] = input_ids[members[0], :p]
+    for j, pack in enumerate(packs):
+        p = prompt_len[pack[0]]
+        packed[j, :p] = input_ids[pack[0], :p]
         positions[j, :p] = torch.arange(p)
         segment[j, :p] = -1
         offset = p
-        for i, b in enumerate(members):
-            n = last[b] + 2 - p
+        for i, b in enumerate(pack):
+            n = completion_len[b]
             packed[j, offset : offset + n] = input_ids[b, p : p + n]
             positions[j, offset : offset + n] = torch.arange(p, p + n)
             segment[j, offset : offset + n] = i
             # row b's loss position t predicts token t + 1: its hidden state sits at packed
-            # position t (the prompt's last, t = p - 1) or offset + t - p (a completion token)
+            # position t (the prompt's last, t = p - 1) or offset + t - p (a completion token);
+            # counted among the logits kept from ``start`` on
             t = torch.arange(p - 1, p + n - 1)
-            source[b, p - 1 : p + n - 1] = j * width + torch.where(t < p, t, offset + t - p)
+            source[b, p - 1 : p + n - 1] = (
+                j * (width - start) - start + torch.where(t < p, t, offset + t - p)
+            )
             offset += n
     valid = segment > -2
     causal = positions[:, :, None] >= positions[:, None, :]
     same = (segment[:, :, None] == segment[:, None, :]) | (segment[:, None, :] == -1)
     attention = (causal & same & valid[:, None, :]) | torch.eye(width, dtype=torch.bool)
-    start = min(p for p, _ in packs) - 1
     return SharedPrompts(packed, positions, attention[:, None], valid, source, start)
 
 
@@ -198,20 +195,15 @@ def shared_token_logprobs(
     """``token_logprobs`` of the rows ``packed`` holds, from one forward of the packed rows:
     (B, T-1) values on ``loss_mask``, 0 elsewhere (and entropies, as token_logprobs)."""
     device = packed.input_ids.device
-    width = packed.input_ids.shape[1]
     logits = model(
         input_ids=packed.input_ids,
         position_ids=packed.position_ids,
         attention_mask=packed.attention,
         use_cache=False,
-        logits_to_keep=width - packed.start,
+        logits_to_keep=packed.input_ids.shape[1] - packed.start,
     ).logits  # (N, L - start, V)
-    # flat index into the kept positions: pack j, position s -> j * (L - start) + s - start
-    kept = width - packed.start
-    src = packed.source.to(device)
-    src = (src // width) * kept + src % width - packed.start
     on = loss_mask.to(device) > 0
-    picked = logits.reshape(-1, logits.shape[-1])[src[on]]  # (tokens, V)
+    picked = logits.reshape(-1, logits.shape[-1])[packed.source[on]]  # (tokens, V)
     targets = input_ids.to(device)[:, 1:][on]
     out = torch.zeros(loss_mask.shape, dtype=torch.float32, device=device)
     out = out.masked_scatter(on, selected_logprobs(picked, targets, temperature))
