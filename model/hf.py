@@ -19,6 +19,16 @@ from model.tokenizer import build_char_tokenizer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def pad_token_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id that fills padding positions of a batch: the tokenizer's pad token, else its
+    end-of-sequence token (Llama-style tokenizers have no pad token), else 0. Padding is always
+    masked out, so any valid id would do; one rule keeps every batch alike."""
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return candidate
+    return 0
+
+
 def new_policy(
     preset: str, alphabet: str, seed: int = 0
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:

@@ -16,12 +16,12 @@ Why the names are built here: peft 0.21, on transformers 5, rewrites every targe
 ``gate_proj``/``up_proj``/``down_proj`` of a DeepSeek-V3 model (even a full module name, even a
 regex) into ``target_parameters`` on the routed experts, for loading v4-era adapters. The dense
 and shared-expert MLPs then get no adapter, and the routed experts get one nobody asked for.
-``apply_lora`` and ``load_lora`` pass exact names and switch that rewrite off, so peft never
-guesses; ``lora_targets_report`` says which weights got adapters.
+``apply_lora`` passes exact names and switches that rewrite off, so peft never guesses;
+``lora_targets_report`` says which weights got adapters.
 
-For a rollout engine, ``merged_state_dict`` gives ``W + (alpha / r) B @ A`` in the base model's
-names (``to_vllm_weights`` then splits the experts); ``adapter_state_dict`` is what a sync of only
-the adapter would move.
+For a rollout engine, ``merge_full_state`` turns a gathered LoRA state dict into the plain
+model's, ``W + (alpha / r) B @ A`` for every adapted ``nn.Linear`` (``to_vllm_weights`` then
+splits the experts).
 """
 
 from __future__ import annotations
@@ -29,11 +29,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from unittest import mock
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model, get_peft_model_state_dict
+from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora import LoraLayer, ParamWrapper
 from peft.utils import transformers_weight_conversion
 from torch import nn
@@ -122,16 +121,6 @@ def apply_lora(
         return get_peft_model(model, config)
 
 
-def load_lora(model: nn.Module, path: str | Path, *, is_trainable: bool = False) -> PeftModel:
-    """Load an adapter saved by ``PeftModel.save_pretrained`` onto ``model``, on the same targets.
-
-    Plain ``PeftModel.from_pretrained`` would re-run peft's MoE target rewrite on the saved
-    names and fail (or silently adapt other weights) for MLP targets.
-    """
-    with _explicit_targets():
-        return PeftModel.from_pretrained(model, str(path), is_trainable=is_trainable)
-
-
 def _adapted(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
     """``(base name of the adapted weight, peft layer)`` for every LoRA layer in ``model``.
 
@@ -163,43 +152,6 @@ def lora_targets_report(model: nn.Module) -> dict[str, list[str]]:
         family = next((f for f, p in FAMILIES.items() if re.fullmatch(p, name)), "other")
         report[family].append(name)
     return {family: sorted(names) for family, names in report.items()}
-
-
-@torch.no_grad()
-def merged_state_dict(peft_model: PeftModel, adapter: str = "default") -> dict[str, torch.Tensor]:
-    """The base model's state dict with ``adapter`` merged in, without touching the model.
-
-    Keys are the plain transformers model's (``model.layers.1.self_attn.o_proj.weight``,
-    ``model.layers.1.mlp.experts.gate_up_proj``, ...). Each adapted weight is a new tensor
-    ``W + (alpha / r) * B @ A`` (per expert for the 3-D weights); every other tensor is the live
-    parameter or buffer itself, detached (copy it before changing it). Under FSDP2 the caller
-    gathers full tensors first.
-    """
-    base = peft_model.get_base_model()
-    merged = {
-        name.replace(".base_layer", ""): tensor.detach()
-        for name, tensor in base.state_dict().items()
-        if not _ADAPTER_TENSOR.search(name)
-    }
-    for name, module in _adapted(base):
-        if adapter in module.lora_A:
-            merged[name] = merged[name] + module.get_delta_weight(adapter)
-    return merged
-
-
-def adapter_state_dict(peft_model: PeftModel, adapter: str = "default") -> dict[str, torch.Tensor]:
-    """Only the adapter's tensors (peft's saved naming, loadable by ``set_peft_model_state_dict``)."""
-    state = get_peft_model_state_dict(peft_model, adapter_name=adapter)
-    return {name: tensor.detach() for name, tensor in state.items()}
-
-
-def state_dict_nbytes(state: Mapping[str, torch.Tensor]) -> int:
-    """Total bytes of the tensors of ``state`` (what a weight sync of it moves).
-
-    >>> state_dict_nbytes({"a": torch.zeros(2, 3), "b": torch.zeros(4, dtype=torch.bfloat16)})
-    32
-    """
-    return sum(t.numel() * t.element_size() for t in state.values())
 
 
 _PEFT_PREFIX = "base_model.model."

