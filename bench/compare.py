@@ -177,8 +177,8 @@ def run_r1kit(recipe: dict, policy: Path, rl_file: Path, work: Path) -> dict:
 
 
 def run_trl(recipe: dict, policy: Path, rl_file: Path, use_vllm: bool, work: Path) -> dict:
-    """bench/trl_grpo.py on the same prompts, in r1kit's order (rl.checkpoint.DataOrder)."""
-    from rl.checkpoint import DataOrder
+    """bench/trl_grpo.py on the same prompts, in r1kit's order (rl.data.DataOrder)."""
+    from rl.data import DataOrder
 
     g = recipe["grpo"]
     rows = [json.loads(line) for line in rl_file.read_text().splitlines()]

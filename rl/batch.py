@@ -101,12 +101,3 @@ def micro_batch_starts(lengths: Sequence[int], max_rows: int, max_tokens: int | 
         if rows > max_rows or (max_tokens is not None and rows * lengths[starts[-1]] > max_tokens):
             starts.append(i)
     return starts
-
-
-def shard_rows(n: int, world_size: int) -> list[slice]:
-    """Contiguous, near-equal row ranges, one per rank."""
-    base, extra = divmod(n, world_size)
-    bounds = [0]
-    for r in range(world_size):
-        bounds.append(bounds[-1] + base + (1 if r < extra else 0))
-    return [slice(bounds[r], bounds[r + 1]) for r in range(world_size)]

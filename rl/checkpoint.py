@@ -17,12 +17,12 @@ resuming from step k repeats steps k+1... exactly as an uninterrupted run takes 
 from __future__ import annotations
 
 import json
-import random
 import shutil
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
 
 STAGES = ("sft", "grpo")
 
@@ -37,33 +37,6 @@ class DriverState:
     summary: dict[str, Any] = field(default_factory=dict)
     metrics_rows: int = 0
     wall_seconds: float = 0.0
-
-
-class DataOrder:
-    """Endless shuffled passes over range(n); its position can be saved and restored."""
-
-    def __init__(self, n: int, seed: int, position: int = 0) -> None:
-        self.n, self.seed, self.position = n, seed, 0
-        self._it = self._passes()
-        for _ in range(position):
-            next(self)
-
-    def _passes(self) -> Iterator[int]:
-        rng = random.Random(self.seed)
-        while True:
-            order = list(range(self.n))
-            rng.shuffle(order)
-            yield from order
-
-    def __iter__(self) -> DataOrder:
-        return self
-
-    def __next__(self) -> int:
-        self.position += 1
-        return next(self._it)
-
-    def take(self, k: int) -> list[int]:
-        return [next(self) for _ in range(k)]
 
 
 def state_root(out: Path) -> Path:
@@ -104,3 +77,38 @@ def list_checkpoints(out: Path) -> list[Path]:
 
 def load_driver_state(checkpoint: Path) -> DriverState:
     return DriverState(**json.loads((checkpoint / "driver.json").read_text()))
+
+
+def _learner_state(model: Any, optimizer: Any, reference: Any) -> dict[str, Any]:
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    model_state, optim_state = get_state_dict(model, optimizer)
+    state = {"model": model_state, "optim": optim_state}
+    if reference is not None:
+        state["reference"] = get_model_state_dict(reference)
+    return state
+
+
+def save_learner_state(path: str, rank: int, model: Any, optimizer: Any, reference: Any) -> None:
+    """One learner rank's part of a checkpoint's ``learner/`` folder: its shards of the
+    FSDP2 model, the optimizer and the reference policy (if any; torch.distributed.checkpoint,
+    every rank together) and its torch RNG state."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_learner_state(model, optimizer, reference), checkpoint_id=path)
+    torch.save(torch.get_rng_state(), Path(path) / f"rng-rank{rank}.pt")
+
+
+def load_learner_state(path: str, rank: int, model: Any, optimizer: Any, reference: Any) -> None:
+    """Restore ``save_learner_state``'s shards into a set-up rank (same world size)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
+
+    state = _learner_state(model, optimizer, reference)
+    dcp.load(state, checkpoint_id=path)
+    set_state_dict(
+        model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
+    )
+    if reference is not None:
+        set_model_state_dict(reference, state["reference"])
+    torch.set_rng_state(torch.load(Path(path) / f"rng-rank{rank}.pt"))

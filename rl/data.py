@@ -1,9 +1,11 @@
 """Read and write the JSONL data a recipe trains and evaluates on, row by row, with errors
-that name the file and line."""
+that name the file and line; the order a stage draws its rows in."""
 
 from __future__ import annotations
 
 import json
+import random
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +64,30 @@ def check_disjoint(train: list[dict], held_out: list[dict], source: str) -> None
         raise DataError(
             f"{source}: {len(overlap)} held-out prompts also in training data, e.g. {overlap[0]!r}"
         )
+
+
+class DataOrder:
+    """Endless shuffled passes over range(n); its position can be saved and restored."""
+
+    def __init__(self, n: int, seed: int, position: int = 0) -> None:
+        self.n, self.seed, self.position = n, seed, 0
+        self._it = self._passes()
+        for _ in range(position):
+            next(self)
+
+    def _passes(self) -> Iterator[int]:
+        rng = random.Random(self.seed)
+        while True:
+            order = list(range(self.n))
+            rng.shuffle(order)
+            yield from order
+
+    def __iter__(self) -> DataOrder:
+        return self
+
+    def __next__(self) -> int:
+        self.position += 1
+        return next(self._it)
+
+    def take(self, k: int) -> list[int]:
+        return [next(self) for _ in range(k)]

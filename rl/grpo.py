@@ -26,12 +26,14 @@ import torch
 
 from rewards import ScoreResult, stats
 from rl.advantages import compute_advantages
-from rl.batch import Batch, make_batch, shard_rows
-from rl.checkpoint import DataOrder
+from rl.batch import Batch, make_batch
+from rl.data import DataOrder
+from rl.loss_config import LossConfig
 from rl.losses import kl_in_reward, kl_penalty
-from rl.metrics import expert_load_summary
+from rl.metrics import combine_updates, expert_load_summary
 from rl.schedule import lr_at
 from rl.setup import Run
+from rollouts.group import split_evenly
 from rollouts.types import Completion
 
 PHASES = ("time_generate", "time_reward", "time_learner", "time_sync")
@@ -95,7 +97,7 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
     return {
         **sampling,
         **shaping,
-        **rollout_health(groups, cfg.group_size),
+        **rollout_health(groups),
         "lr": lr,
         **update,
         **stats(groups.scored),
@@ -237,36 +239,18 @@ def update_policy(run: Run, batch: Batch, lr: float, step: int) -> dict:
         )
     group_rows = torch.arange(len(batch)).view(-1, cfg.group_size)  # (P, G)
     shuffle = torch.Generator().manual_seed(run.recipe.seed * 1_000_003 + step)
-    options = {
-        "loss_cfg": {
-            "clip_low": cfg.clip_low,
-            "clip_high": cfg.clip_high,
-            "clip_ratio_c": cfg.clip_ratio_c,
-            "loss_agg": cfg.loss_agg,
-            "max_len": cfg.max_new_tokens,  # seq-mean-token-sum-norm's constant, not a batch's
-            "ratio_level": cfg.ratio_level,
-            "entropy_coef": cfg.entropy_coef,
-        },
-        "temperature": cfg.temperature,
-        "max_grad_norm": cfg.max_grad_norm,
-        "kl": _kl_in_loss(cfg),
-        "mismatch": None
-        if cfg.mismatch_correction == "none"
-        else {"level": cfg.mismatch_correction, "cap": cfg.mismatch_cap},
-    }
+    loss = LossConfig.from_grpo(cfg)
     updates = []
     for epoch in range(cfg.epochs):
         order = torch.arange(len(group_rows))
         if epoch > 0:
             order = torch.randperm(len(group_rows), generator=shuffle)
-        for part in shard_rows(len(order), cfg.mini_batches):
-            rows = group_rows[order[part]].reshape(-1)
+        for part in split_evenly(len(order), cfg.mini_batches):
+            rows = group_rows[order[part.start : part.stop]].reshape(-1)
             updates.append(
-                run.learner.grpo_step(
-                    batch.select(rows), lr, learner_cfg.micro_batch_size, **options
-                )
+                run.learner.grpo_step(batch.select(rows), lr, learner_cfg.micro_batch_size, loss)
             )
-    metrics = _combine_updates(updates, cfg.mini_batches)
+    metrics = combine_updates(updates, cfg.mini_batches)
     loads = [u["expert_load"] for u in updates[: cfg.mini_batches] if "expert_load" in u]
     if loads:  # a MoE policy: each row's routing once (the first pass)
         metrics.update(expert_load_summary(loads))
@@ -278,18 +262,11 @@ def update_policy(run: Run, batch: Batch, lr: float, step: int) -> dict:
     return metrics
 
 
-def _kl_in_loss(cfg) -> dict | None:
-    if cfg.kl_coef > 0 and cfg.kl_in == "loss":
-        return {"coef": cfg.kl_coef, "kind": cfg.kl_estimator}
-    return None
-
-
 def _learner_logprobs(run: Run, batch: Batch) -> torch.Tensor:
     """The learner's logprobs of the rows that will learn; 0 elsewhere. Without a KL loss or
     an entropy bonus, rows with advantage 0 do not learn (see LearnerGroup.grpo_step)."""
-    cfg = run.recipe.grpo
     learn = batch.advantages != 0
-    if _kl_in_loss(cfg) or cfg.entropy_coef:
+    if LossConfig.from_grpo(run.recipe.grpo).every_row_learns:
         learn = torch.ones_like(learn)
     old = torch.zeros_like(batch.loss_mask)
     if learn.any():
@@ -299,34 +276,7 @@ def _learner_logprobs(run: Run, batch: Batch) -> torch.Tensor:
     return old
 
 
-def _combine_updates(updates: list[dict], mini_batches: int) -> dict:
-    done = [u for u in updates if u["rows_learned"]]
-    first = done[0] if done else updates[0]  # steps that learned nothing left the weights as-is
-
-    def mean(key: str) -> float | None:
-        return sum(u[key] for u in done) / len(done) if done else None
-
-    extra = {k: mean(k) for k in ("kl_loss", "is_weight_mean", "is_capped_frac") if k in first}
-    if "is_weight_max" in first:
-        extra["is_weight_max"] = max(u["is_weight_max"] for u in done)
-    return {
-        **extra,
-        "loss": mean("loss") or 0.0,
-        "grad_norm": mean("grad_norm") or 0.0,
-        "optimizer_steps": len(done),
-        "rows_learned": sum(u["rows_learned"] for u in updates[:mini_batches]),
-        "logprob_diff_mean": first.get("logprob_diff_mean"),
-        "logprob_diff_max": first.get("logprob_diff_max"),
-        "entropy": first.get("entropy"),
-        "clip_frac_low": mean("clip_frac_low"),
-        "clip_frac_high": mean("clip_frac_high"),
-        "ratio_mean": mean("ratio_mean"),
-        "ratio_min": min((u["ratio_min"] for u in done), default=None),
-        "ratio_max": max((u["ratio_max"] for u in done), default=None),
-    }
-
-
-def rollout_health(groups: Groups, group_size: int) -> dict:
+def rollout_health(groups: Groups) -> dict:
     """Truncation and length statistics of the batch trained on."""
     completions = groups.completions
     lengths = torch.tensor([len(c.token_ids) for c in completions], dtype=torch.float32)

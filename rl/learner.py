@@ -1,9 +1,5 @@
-"""The learner: ranks of one torch.distributed group, each a Ray actor holding an FSDP2 shard.
-
-``LearnerRank`` is one rank (usable without Ray in tests); ``LearnerGroup`` is the driver's
-handle on all of them: it splits each batch across ranks, passes every rank the *global*
-token and sequence counts (so the loss does not depend on how rows are split across ranks or
-micro-batches), and combines the ranks' metrics.
+"""One learner rank: a Ray actor (or, in tests, a plain object) holding an FSDP2 shard of the
+policy and its optimizer state; ``rl.learner_group.LearnerGroup`` drives all ranks.
 
 Gradient scaling: each rank's loss is (its rows' sum) / (global denominator), so the sum of
 the ranks' losses is the global loss. FSDP2 averages gradients over ranks, so each rank
@@ -24,8 +20,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from model.moe import RoutingRecorder, expert_load, update_router_bias
+from model.moe import RoutingRecorder, add_expert_load, update_router_bias
 from rl.batch import Batch
+from rl.checkpoint import load_learner_state, save_learner_state
 from rl.fsdp import apply_fsdp, gather_full_state
 from rl.logprobs import (
     first_target,
@@ -33,21 +30,9 @@ from rl.logprobs import (
     shared_token_logprobs,
     token_logprobs,
 )
+from rl.loss_config import LossConfig
 from rl.losses import kl_loss, mismatch_weights, policy_loss, sft_loss
-
-# Per-rank sums the LearnerGroup adds up (token-weighted where a mean is reported).
-_SUMMED = (
-    "loss",
-    "kl",
-    "lp_diff_sum",
-    "entropy_sum",
-    "clip_frac_low",
-    "clip_frac_high",
-    "ratio_mean",
-    "is_weight_sum",
-    "is_capped_sum",
-    "tokens",
-)
+from rl.metrics import UpdateStats
 
 
 class LearnerRank:
@@ -129,15 +114,11 @@ class LearnerRank:
         set_model_state_dict(reference, get_model_state_dict(self.model))
         self.reference = reference.requires_grad_(False).eval()
 
-    def _reshard(self) -> None:
-        """Register the sharded parameters again. FSDP2 keeps the root module's parameters
-        unsharded after a forward until backward reshards them; after a no-grad forward
-        nothing does, and an optimizer or a state dict would then see other tensors."""
-        self.model.reshard()
-
     def configure_optimizer(self, lr: float, weight_decay: float = 0.0) -> None:
         """A fresh AdamW (each stage starts its own optimizer state)."""
-        self._reshard()
+        # FSDP2 keeps the root's parameters unsharded after a no-grad forward (nothing
+        # reshards them before a backward): an optimizer would then hold other tensors
+        self.model.reshard()
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
             lr=lr,
@@ -233,79 +214,98 @@ class LearnerRank:
         num_seqs: float,
         lr: float,
         micro_batch_size: int,
-        loss_cfg: dict[str, Any],
-        temperature: float = 1.0,
-        max_grad_norm: float | None = 1.0,
-        kl: dict[str, Any] | None = None,
-        mismatch: dict[str, Any] | None = None,
+        loss: LossConfig,
         gradients_only: bool = False,
         starts: Sequence[int] | None = None,
     ) -> dict[str, Any]:
-        """One optimizer step of the clipped policy-gradient loss on this rank's rows
-        (``gradients_only``: no step; the full, reduced gradient is returned instead).
+        """One optimizer step of the clipped policy-gradient loss on this rank's rows, over the
+        whole batch's ``num_tokens`` / ``num_seqs`` denominators. Returns ``stats``
+        (rl.metrics.UpdateStats), ``expert_load`` and ``grad_norm``; with
+        ``gradients_only`` no step is taken and the full, reduced ``gradients`` are returned.
 
         Old logprobs are ``batch.old_logprobs`` when set (a step after the first on one batch);
-        otherwise this forward's own, detached: ratio 1, the plain policy gradient.
-        ``loss_cfg``: policy_loss's clip / aggregation / ratio_level / entropy_coef keys.
-        ``kl``: {"coef", "kind"}: add coef * KL(policy || reference) to the loss (needs
-        ``batch.ref_logprobs``). ``mismatch``: {"level", "cap"}: truncated importance weights
-        old / rollout on every token's loss (rollout/learner mismatch correction)."""
+        otherwise this forward's own, detached: ratio 1, the plain policy gradient. A KL term
+        needs ``batch.ref_logprobs``; mismatch correction weighs every token's loss by
+        min(old / rollout, cap) from ``batch.rollout_logprobs``."""
         self.model.train()
-        sums = dict.fromkeys(_SUMMED, 0.0)
-        sums.update(lp_diff_max=0.0, ratio_min=float("inf"), ratio_max=0.0, is_weight_max=0.0)
-        entropy_coef = loss_cfg.get("entropy_coef", 0.0)
-        denominators = {"num_tokens": num_tokens, "num_seqs": num_seqs}
-        load: dict[int, torch.Tensor] = {}
+        stats, load = UpdateStats(), {}
         for _, mb in self._micro_batches(batch, micro_batch_size, starts):
-            mask = self._to(mb.loss_mask)
             with RoutingRecorder(self.model) as routing:
                 (lp, entropy), tokens = self._shared_logprobs(
-                    self.model, mb, temperature, with_entropy=True, entropy_grad=entropy_coef > 0
+                    self.model,
+                    mb,
+                    loss.temperature,
+                    with_entropy=True,
+                    entropy_grad=loss.entropy_coef != 0,
                 )
-            _add_load(load, routing.records, self._to(tokens), self.model.config)
-            old = lp.detach() if mb.old_logprobs is None else self._to(mb.old_logprobs)
-            rollout = self._to(mb.rollout_logprobs)
-            weights, wm = None, None
-            if mismatch:
-                weights, wm = mismatch_weights(old, rollout, mask, **mismatch)
-            loss, m = policy_loss(
-                lp,
-                old,
-                self._to(mb.advantages),
-                mask,
-                weights=weights,
-                entropy=entropy if entropy_coef else None,
-                **denominators,
-                **loss_cfg,
-            )
-            kl_value = None
-            if kl:
-                kl_value = kl_loss(
-                    lp,
-                    self._to(mb.ref_logprobs),
-                    mask,
-                    kind=kl["kind"],
-                    loss_agg=loss_cfg.get("loss_agg", "token-mean"),
-                    **denominators,
-                )
-                loss = loss + kl["coef"] * kl_value
-            (loss * self.world_size).backward()
-            n = float(mask.sum())
-            if n == 0:  # inert padding rows only
-                continue
-            _accumulate(sums, n, loss, kl_value, (lp.detach() - rollout).abs() * mask, m, wm)
-            sums["entropy_sum"] += float((entropy.detach() * mask).sum())
-        sums["expert_load"] = load  # {layer: tokens per expert}, this rank's rows
+            add_expert_load(load, routing.records, self._to(tokens), self.model.config)
+            value = self._update_loss(lp, entropy, mb, loss, num_tokens, num_seqs, stats)
+            (value * self.world_size).backward()
+        out: dict[str, Any] = {"stats": stats, "expert_load": load}  # this rank's rows
         if gradients_only:  # leave the weights alone; return the full gradient instead
-            sums["gradients"] = {
+            out["gradients"] = {
                 name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).cpu()
                 for name, p in self.model.named_parameters()
                 if p.grad is not None
             }
             self.optimizer.zero_grad(set_to_none=True)
-            return sums
-        sums["grad_norm"] = self._step(lr, max_grad_norm)
-        return sums
+            return out
+        out["grad_norm"] = self._step(lr, loss.max_grad_norm)
+        return out
+
+    def _update_loss(
+        self,
+        lp: Tensor,
+        entropy: Tensor,
+        mb: Batch,
+        cfg: LossConfig,
+        num_tokens: float,
+        num_seqs: float,
+        stats: UpdateStats,
+    ) -> Tensor:
+        """One micro-batch's share of the GRPO loss (policy loss, KL term); adds its health
+        metrics to ``stats``."""
+        mask, rollout = self._to(mb.loss_mask), self._to(mb.rollout_logprobs)
+        old = lp.detach() if mb.old_logprobs is None else self._to(mb.old_logprobs)
+        denominators = {"num_tokens": num_tokens, "num_seqs": num_seqs}
+        weights = weight_metrics = None
+        if cfg.mismatch != "none":
+            weights, weight_metrics = mismatch_weights(
+                old, rollout, mask, level=cfg.mismatch, cap=cfg.mismatch_cap
+            )
+        value, metrics = policy_loss(
+            lp,
+            old,
+            self._to(mb.advantages),
+            mask,
+            weights=weights,
+            entropy=entropy if cfg.entropy_coef else None,
+            **denominators,
+            **cfg.policy_loss_options(),
+        )
+        kl_value = torch.zeros(())
+        if cfg.kl_coef > 0:
+            kl_value = kl_loss(
+                lp,
+                self._to(mb.ref_logprobs),
+                mask,
+                kind=cfg.kl_estimator,
+                loss_agg=cfg.loss_agg,
+                **denominators,
+            )
+            value = value + cfg.kl_coef * kl_value
+        n = float(mask.sum())
+        if n > 0:  # else inert padding rows only
+            stats.add(
+                n,
+                float(value.detach()),
+                float(kl_value.detach()),
+                (lp.detach() - rollout).abs() * mask,
+                entropy.detach() * mask,
+                metrics,
+                weight_metrics,
+            )
+        return value
 
     @torch.no_grad()
     def routing(self, batch: Batch, micro_batch_size: int) -> dict[int, list[Tensor]]:
@@ -386,77 +386,15 @@ class LearnerRank:
         save_policy(shell, self.tokenizer, Path(path))
         return path
 
-    def _training_state(self) -> dict[str, Any]:
-        from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
-
-        model_state, optim_state = get_state_dict(self.model, self.optimizer)
-        state = {"model": model_state, "optim": optim_state}
-        if self.reference is not None:
-            state["reference"] = get_model_state_dict(self.reference)
-        return state
-
     def save_state(self, path: str) -> None:
-        """All ranks write their shards of model, optimizer (and reference policy) state:
-        a resumable checkpoint."""
-        import torch.distributed.checkpoint as dcp
-
-        dcp.save(self._training_state(), checkpoint_id=path)
-        torch.save(torch.get_rng_state(), Path(path) / f"rng-rank{self.rank}.pt")
+        """All ranks write their shards of model, optimizer (and reference policy) state and
+        their RNG state: a resumable checkpoint (rl.checkpoint)."""
+        save_learner_state(path, self.rank, self.model, self.optimizer, self.reference)
 
     def load_state(self, path: str) -> None:
         """Restore what ``save_state`` wrote (optimizer, and reference if any, set up first)."""
-        import torch.distributed.checkpoint as dcp
-        from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_state_dict
-
-        state = self._training_state()
-        dcp.load(state, checkpoint_id=path)
-        set_state_dict(
-            self.model,
-            self.optimizer,
-            model_state_dict=state["model"],
-            optim_state_dict=state["optim"],
-        )
-        if self.reference is not None:
-            set_model_state_dict(self.reference, state["reference"])
-        torch.set_rng_state(torch.load(Path(path) / f"rng-rank{self.rank}.pt"))
+        load_learner_state(path, self.rank, self.model, self.optimizer, self.reference)
 
     def shutdown(self) -> None:
         if dist.is_initialized():
             dist.destroy_process_group()
-
-
-def _add_load(
-    total: dict[int, torch.Tensor], records: dict, attention_mask: Tensor, config: Any
-) -> None:
-    """Add one forward's tokens per expert (padding left out) to ``total``, per MoE layer."""
-    n_experts = getattr(config, "n_routed_experts", None)
-    if not records or not n_experts:
-        return
-    for layer, (counts, _) in expert_load(records, n_experts, mask=attention_mask).items():
-        total[layer] = total.get(layer, 0) + counts
-
-
-def _accumulate(
-    sums: dict[str, float],
-    n: float,
-    loss: Tensor,
-    kl_value: Tensor | None,
-    diff: Tensor,
-    m: dict[str, Tensor],
-    wm: dict[str, Tensor] | None,
-) -> None:
-    """Add one micro-batch's metrics (``n`` tokens) to a rank's running sums: token-weighted
-    where the LearnerGroup reports a mean, min/max where it reports extremes."""
-    sums["loss"] += float(loss.detach())
-    sums["kl"] += float(kl_value.detach()) if kl_value is not None else 0.0
-    sums["lp_diff_sum"] += float(diff.sum())
-    sums["lp_diff_max"] = max(sums["lp_diff_max"], float(diff.max()))
-    for key in ("clip_frac_low", "clip_frac_high", "ratio_mean"):
-        sums[key] += float(m[key]) * n
-    sums["ratio_min"] = min(sums["ratio_min"], float(m["ratio_min"]))
-    sums["ratio_max"] = max(sums["ratio_max"], float(m["ratio_max"]))
-    if wm is not None:
-        sums["is_weight_sum"] += float(wm["mismatch_weight_mean"]) * n
-        sums["is_capped_sum"] += float(wm["mismatch_capped_frac"]) * n
-        sums["is_weight_max"] = max(sums["is_weight_max"], float(wm["mismatch_weight_max"]))
-    sums["tokens"] += n

@@ -9,6 +9,8 @@ import torch
 
 from rl.batch import Batch, micro_batch_starts
 from rl.learner import LearnerRank
+from rl.loss_config import LossConfig
+from rl.metrics import UpdateStats
 
 TIMEOUT_S = 1800  # no single learner call should take this long on any machine we target
 
@@ -132,18 +134,16 @@ class LearnerGroup:
         batch: Batch,
         lr: float,
         micro_batch_size: int,
-        loss_cfg: dict[str, Any],
-        temperature: float,
-        max_grad_norm: float,
-        kl: dict[str, Any] | None = None,
-        mismatch: dict[str, Any] | None = None,
+        loss: LossConfig,
         gradients_only: bool = False,
     ) -> dict[str, Any]:
         """One optimizer step over ``batch`` on all ranks; loss denominators are the batch's.
-        ``gradients_only``: no step, the metrics plus ``gradients`` (name -> full tensor)."""
+        Returns the update's metrics (rl.metrics.UpdateStats.report, ``grad_norm``,
+        ``rows_learned``, ``expert_load`` for MoE policies); ``gradients_only``: no step, the
+        metrics plus ``gradients`` (name -> full tensor)."""
         num_tokens = float(batch.loss_mask.sum())
         num_seqs = float((batch.loss_mask.sum(1) > 0).sum())
-        if not kl and not loss_cfg.get("entropy_coef"):
+        if not loss.every_row_learns:
             # A row with advantage 0 (e.g. every row of an all-equal group) then adds exactly
             # 0 to the loss and its gradient; with the denominators counted above on the whole
             # batch, skipping it changes nothing but the time. Health metrics (entropy,
@@ -158,37 +158,18 @@ class LearnerGroup:
             num_seqs=num_seqs,
             lr=lr,
             micro_batch_size=micro_batch_size,
-            loss_cfg=loss_cfg,
-            temperature=temperature,
-            max_grad_norm=max_grad_norm,
-            kl=kl,
-            mismatch=mismatch,
+            loss=loss,
             gradients_only=gradients_only,
         )
-        total = {key: sum(o[key] for o in outs) for key in outs[0] if key.endswith("_sum")}
-        tokens = max(sum(o["tokens"] for o in outs), 1.0)
+        stats = sum((o["stats"] for o in outs), UpdateStats())
         metrics = {
-            "loss": sum(o["loss"] for o in outs),
+            **stats.report(kl=loss.kl_coef > 0, mismatch=loss.mismatch != "none"),
             "grad_norm": outs[0].get("grad_norm"),
             "rows_learned": len(batch),
-            "logprob_diff_mean": total["lp_diff_sum"] / tokens,
-            "logprob_diff_max": max(o["lp_diff_max"] for o in outs),
-            "entropy": total["entropy_sum"] / tokens,
-            "clip_frac_low": sum(o["clip_frac_low"] for o in outs) / tokens,
-            "clip_frac_high": sum(o["clip_frac_high"] for o in outs) / tokens,
-            "ratio_mean": sum(o["ratio_mean"] for o in outs) / tokens,
-            "ratio_min": min(o["ratio_min"] for o in outs),
-            "ratio_max": max(o["ratio_max"] for o in outs),
+            **_expert_load_metrics(outs),
         }
-        if kl:
-            metrics["kl_loss"] = sum(o["kl"] for o in outs)
-        metrics.update(_expert_load_metrics(outs))
         if gradients_only:
             metrics["gradients"] = outs[0]["gradients"]
-        if mismatch:
-            metrics["is_weight_mean"] = total["is_weight_sum"] / tokens
-            metrics["is_weight_max"] = max(o["is_weight_max"] for o in outs)
-            metrics["is_capped_frac"] = total["is_capped_sum"] / tokens
         return metrics
 
     def export_weights(

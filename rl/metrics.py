@@ -1,10 +1,14 @@
-"""metrics.jsonl (one JSON object per step) and the reward curve plot."""
+"""metrics.jsonl (one JSON object per step), the health metrics of GRPO updates, and the
+reward curve plot."""
 
 from __future__ import annotations
 
 import json
 import math
+import operator
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 
 class MetricsLog:
@@ -36,6 +40,127 @@ class MetricsLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+@dataclass
+class UpdateStats:
+    """Running sums of one GRPO update's health metrics, under metrics.jsonl's names.
+
+    A learner rank adds its micro-batches (``add``); the LearnerGroup adds the ranks'
+    (``a + b``); ``report`` gives the update's metrics. Means are token-weighted (each
+    micro-batch's means count by its tokens), extremes are over every token. ``loss`` and
+    ``kl_loss`` are sums of micro-batch terms that are each over the whole batch's
+    denominators, so their sum is the batch's loss."""
+
+    tokens: float = 0.0
+    loss: float = 0.0
+    kl_loss: float = 0.0
+    logprob_diff_sum: float = 0.0  # |learner - rollout engine| logprob of the sampled tokens
+    logprob_diff_max: float = 0.0
+    entropy_sum: float = 0.0
+    clip_frac_low_sum: float = 0.0
+    clip_frac_high_sum: float = 0.0
+    ratio_sum: float = 0.0
+    ratio_min: float = math.inf
+    ratio_max: float = 0.0
+    is_weight_sum: float = 0.0  # mismatch-correction weights
+    is_weight_max: float = 0.0
+    is_capped_sum: float = 0.0
+
+    def add(
+        self,
+        tokens: float,
+        loss: float,
+        kl_loss: float,
+        logprob_diff: Any,
+        entropy: Any,
+        policy: dict[str, Any],
+        mismatch: dict[str, Any] | None = None,
+    ) -> None:
+        """One micro-batch of ``tokens`` loss tokens: its loss terms, its (masked) per-token
+        |logprob diff| and entropy tensors, and the metrics of ``rl.losses.policy_loss`` and
+        ``mismatch_weights`` (means over its tokens)."""
+        self.tokens += tokens
+        self.loss += loss
+        self.kl_loss += kl_loss
+        self.logprob_diff_sum += float(logprob_diff.sum())
+        self.logprob_diff_max = max(self.logprob_diff_max, float(logprob_diff.max()))
+        self.entropy_sum += float(entropy.sum())
+        self.clip_frac_low_sum += float(policy["clip_frac_low"]) * tokens
+        self.clip_frac_high_sum += float(policy["clip_frac_high"]) * tokens
+        self.ratio_sum += float(policy["ratio_mean"]) * tokens
+        self.ratio_min = min(self.ratio_min, float(policy["ratio_min"]))
+        self.ratio_max = max(self.ratio_max, float(policy["ratio_max"]))
+        if mismatch is not None:
+            self.is_weight_sum += float(mismatch["mismatch_weight_mean"]) * tokens
+            self.is_weight_max = max(self.is_weight_max, float(mismatch["mismatch_weight_max"]))
+            self.is_capped_sum += float(mismatch["mismatch_capped_frac"]) * tokens
+
+    def __add__(self, other: UpdateStats) -> UpdateStats:
+        """The two ranks' (or parts') stats together: sums add, extremes combine."""
+        pick = {"ratio_min": min, "logprob_diff_max": max, "ratio_max": max, "is_weight_max": max}
+        return UpdateStats(
+            **{
+                f.name: pick.get(f.name, operator.add)(
+                    getattr(self, f.name), getattr(other, f.name)
+                )
+                for f in fields(self)
+            }
+        )
+
+    def report(self, kl: bool = False, mismatch: bool = False) -> dict[str, float]:
+        """The update's metrics; ``kl_loss`` with a KL loss term, ``is_*`` with mismatch
+        correction."""
+        n = max(self.tokens, 1.0)
+        out = {
+            "loss": self.loss,
+            "logprob_diff_mean": self.logprob_diff_sum / n,
+            "logprob_diff_max": self.logprob_diff_max,
+            "entropy": self.entropy_sum / n,
+            "clip_frac_low": self.clip_frac_low_sum / n,
+            "clip_frac_high": self.clip_frac_high_sum / n,
+            "ratio_mean": self.ratio_sum / n,
+            "ratio_min": self.ratio_min,
+            "ratio_max": self.ratio_max,
+        }
+        if kl:
+            out["kl_loss"] = self.kl_loss
+        if mismatch:
+            out["is_weight_mean"] = self.is_weight_sum / n
+            out["is_weight_max"] = self.is_weight_max
+            out["is_capped_frac"] = self.is_capped_sum / n
+        return out
+
+
+def combine_updates(updates: list[dict], first_pass: int) -> dict:
+    """One step's metrics from its updates' (``UpdateStats.report`` plus ``grad_norm`` and
+    ``rows_learned``; the first ``first_pass`` updates are the first pass over the batch).
+    Loss, grad norm, clip fractions, ratio mean, KL loss and mismatch weights: mean over the
+    updates that stepped; extremes over them; learner-vs-rollout logprob diff and entropy from
+    the first (before the weights moved); rows learned over the first pass."""
+    done = [u for u in updates if u["rows_learned"]]
+    first = done[0] if done else updates[0]  # steps that learned nothing left the weights as-is
+
+    def mean(key: str) -> float | None:
+        return sum(u[key] for u in done) / len(done) if done else None
+
+    averaged = ("clip_frac_low", "clip_frac_high", "ratio_mean")
+    optional = ("kl_loss", "is_weight_mean", "is_capped_frac")
+    out = {k: mean(k) for k in (*averaged, *(k for k in optional if k in first))}
+    if "is_weight_max" in first:
+        out["is_weight_max"] = max(u["is_weight_max"] for u in done)
+    return {
+        **out,
+        "loss": mean("loss") or 0.0,
+        "grad_norm": mean("grad_norm") or 0.0,
+        "optimizer_steps": len(done),
+        "rows_learned": sum(u["rows_learned"] for u in updates[:first_pass]),
+        "logprob_diff_mean": first.get("logprob_diff_mean"),
+        "logprob_diff_max": first.get("logprob_diff_max"),
+        "entropy": first.get("entropy"),
+        "ratio_min": min((u["ratio_min"] for u in done), default=None),
+        "ratio_max": max((u["ratio_max"] for u in done), default=None),
+    }
 
 
 def expert_load_summary(loads: list[dict[str, list[int]]]) -> dict:

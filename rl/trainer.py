@@ -21,17 +21,17 @@ from tqdm import tqdm
 
 from rl.batch import make_batch
 from rl.checkpoint import (
-    DataOrder,
     DriverState,
     list_checkpoints,
     load_driver_state,
     save_checkpoint,
 )
 from rl.config import Recipe
-from rl.data import check_disjoint, read_rows, write_rows
+from rl.data import DataOrder, check_disjoint, read_rows, write_rows
 from rl.errors import ConfigError
 from rl.grpo import grpo_step
 from rl.metrics import plot_reward_curve
+from rl.progress import StepProgress
 from rl.schedule import lr_at
 from rl.setup import Run, import_object, start_run
 
@@ -141,9 +141,7 @@ def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict
     cfg = run.recipe.sft
     run.learner.configure_optimizer(cfg.lr, cfg.weight_decay)
     first, order = _start_stage(run, "sft", state, len(rows), run.recipe.seed)
-    bar = tqdm(
-        range(first, cfg.steps + 1), initial=first - 1, total=cfg.steps, desc="SFT", unit="step"
-    )
+    bar = StepProgress(first, cfg.steps, "SFT")
     for step in bar:
         picked = [rows[i] for i in order.take(cfg.batch_size)]
         prompts = [run.prompt_ids(r["prompt"]) for r in picked]
@@ -174,9 +172,7 @@ def run_grpo(run: Run, rows: list[dict], state: DriverState | None, summary: dic
     if cfg.kl_coef > 0:  # the policy as GRPO starts (a resume then loads the saved one)
         run.learner.snapshot_reference()
     first, order = _start_stage(run, "grpo", state, len(rows), run.recipe.seed + 1)
-    bar = tqdm(
-        range(first, cfg.steps + 1), initial=first - 1, total=cfg.steps, desc="GRPO", unit="step"
-    )
+    bar = StepProgress(first, cfg.steps, "GRPO")
     for step in bar:
         metrics = grpo_step(run, rows, order, step)
         run.log.write(step=step, stage="grpo", wall=time.time() + run.wall_offset, **metrics)

@@ -5,9 +5,10 @@ import ray
 import torch
 from safetensors.torch import load
 
-from model import new_policy, save_policy
+from model import load_policy, new_policy, save_policy, to_vllm_weights
 from rl.batch import make_batch
 from rl.learner_group import LearnerGroup
+from rl.loss_config import LossConfig
 
 pytestmark = pytest.mark.slow
 
@@ -31,9 +32,7 @@ def train_a_little(model_dir, world_size):
             batch,
             lr=1e-3,
             micro_batch_size=4,
-            loss_cfg={"loss_agg": "seq-mean-token-mean"},
-            temperature=1.0,
-            max_grad_norm=1.0,
+            loss=LossConfig(loss_agg="seq-mean-token-mean"),
         )
         weights = {
             k: v for bucket in ray.get(group.export_weights()) for k, v in load(bucket).items()
@@ -53,16 +52,15 @@ def test_one_and_two_ranks_take_the_same_steps(ray_cluster, tiny_policy_dir):
     # rollout logprobs were -1.0 everywhere: the health metric is |learner - rollout|
     assert grpo1["logprob_diff_mean"] == pytest.approx(grpo2["logprob_diff_mean"], abs=1e-5)
     assert set(w1) == set(w2) and "model.layers.1.mlp.experts.0.gate_proj.weight" in w1
+    # Adam divides each gradient element by its own running scale, so float noise in an
+    # element whose gradient is ~0 becomes a step of up to ~lr: compare each tensor's
+    # difference with how far it moved (seen: at most 0.8% of the move, on 2 cores), and
+    # tensors that did not move must stay equal
+    start = dict(to_vllm_weights(load_policy(tiny_policy_dir)[0].state_dict().items()))
     for name in w1:
-        torch.testing.assert_close(w1[name], w2[name], atol=2e-5, rtol=1e-4, msg=name)
-
-
-def test_padding_rows_change_no_loss_or_gradient():
-    batch = batches()
-    padded = batch.padded(3)
-    assert len(padded) == len(batch) + 3 and padded.loss_mask[-3:].sum() == 0
-    assert padded.advantages[-3:].abs().sum() == 0
-    assert torch.equal(padded.input_ids[: len(batch)], batch.input_ids)
+        moved = float((w1[name] - start[name]).norm())
+        assert float((w1[name] - w2[name]).norm()) <= 0.02 * moved + 1e-7, (name, moved)
+    assert sum(float((w1[n] - start[n]).norm()) > 0 for n in w1) > len(w1) // 2  # it trained
 
 
 def test_no_grad_forward_before_the_optimizer_keeps_checkpoints_working(

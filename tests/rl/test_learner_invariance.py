@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from rl.learner_group import LearnerGroup
+from rl.loss_config import LossConfig
 from rl.losses import AGGREGATIONS
 from tests.rl.test_learner import batches
 
@@ -66,21 +67,15 @@ def _batch(group):
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: "-".join(f"{k}={v[k]}" for k in v))
 def test_one_batch_any_cut_same_loss_and_gradient(learners, variant):
     options = dict(variant)
-    kl = {"coef": 0.1, "kind": "k3"} if options.pop("kl", False) else None
-    mismatch = {"level": "token", "cap": 1.5} if options.pop("mismatch", False) else None
-    loss_cfg = {"clip_low": 0.2, "clip_high": 0.28, "max_len": 8, **options}
+    if options.pop("kl", False):
+        options.update(kl_coef=0.1, kl_estimator="k3")
+    if options.pop("mismatch", False):
+        options.update(mismatch="token", mismatch_cap=1.5)
+    loss = LossConfig(clip_low=0.2, clip_high=0.28, max_len=8, **options)
     batch = _batch(learners[1, None, 0])
     results = [
         learners[ranks, tokens, share].grpo_step(
-            batch,
-            lr=0.0,
-            micro_batch_size=micro,
-            loss_cfg=loss_cfg,
-            temperature=1.0,
-            max_grad_norm=1.0,
-            kl=kl,
-            mismatch=mismatch,
-            gradients_only=True,
+            batch, lr=0.0, micro_batch_size=micro, loss=loss, gradients_only=True
         )
         for ranks, micro, tokens, share in CUTS
     ]
