@@ -2,55 +2,52 @@
 LoRA targets, MoE routing utilities.
 
 No distributed code lives here; `rl/` shards the models it gets from this package.
+
+The names below are imported on first use, so that a light submodule (``model.lora_families``,
+read by recipe validation) does not pull in transformers and peft with this package.
 """
 
-from model.hf import load_policy, new_policy, save_policy
-from model.lora import (
-    FAMILIES,
-    adapter_state_dict,
-    apply_lora,
-    load_lora,
-    lora_target_names,
-    lora_targets_report,
-    merged_state_dict,
-    state_dict_nbytes,
-)
-from model.moe import (
-    RoutingRecorder,
-    RoutingReplay,
-    expert_load,
-    gate_weights,
-    moe_routers,
-    routing_agreement,
-    routing_agreement_by_layer,
-    update_router_bias,
-)
-from model.presets import PRESETS, preset_config
-from model.tokenizer import build_char_tokenizer
-from model.weights import to_vllm_weights
+from __future__ import annotations
 
-__all__ = [
-    "FAMILIES",
-    "PRESETS",
-    "RoutingRecorder",
-    "RoutingReplay",
-    "adapter_state_dict",
-    "apply_lora",
-    "build_char_tokenizer",
-    "expert_load",
-    "gate_weights",
-    "load_lora",
-    "load_policy",
-    "lora_target_names",
-    "lora_targets_report",
-    "merged_state_dict",
-    "moe_routers",
-    "new_policy",
-    "preset_config",
-    "routing_agreement",
-    "routing_agreement_by_layer",
-    "save_policy",
-    "state_dict_nbytes",
-    "to_vllm_weights",
-    "update_router_bias",
-]
+import importlib
+
+_HOMES = {
+    "load_policy": "hf",
+    "new_policy": "hf",
+    "save_policy": "hf",
+    "FAMILIES": "lora_families",
+    "adapter_state_dict": "lora",
+    "apply_lora": "lora",
+    "load_lora": "lora",
+    "lora_target_names": "lora",
+    "lora_targets_report": "lora",
+    "merged_state_dict": "lora",
+    "state_dict_nbytes": "lora",
+    "RoutingRecorder": "moe",
+    "RoutingReplay": "moe",
+    "expert_load": "moe",
+    "gate_weights": "moe",
+    "moe_routers": "moe",
+    "routing_agreement": "moe",
+    "routing_agreement_by_layer": "moe",
+    "update_router_bias": "moe",
+    "PRESETS": "presets",
+    "preset_config": "presets",
+    "build_char_tokenizer": "tokenizer",
+    "to_vllm_weights": "weights",
+}
+
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    """``from model import NAME`` imports NAME's submodule on first use."""
+    if name not in _HOMES:
+        raise AttributeError(f"module 'model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"model.{_HOMES[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_HOMES])
