@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rl.errors import ConfigError
+
 ALGORITHMS: dict[str, dict[str, Any]] = {
     # DeepSeekMath / R1: group-normalised advantages, symmetric clip.
     "grpo": {"estimator": "grpo", "clip_low": 0.2, "clip_high": 0.2},
@@ -34,13 +36,13 @@ ALGORITHMS: dict[str, dict[str, Any]] = {
 
 def apply_algorithm(raw: dict[str, Any], source: str) -> dict[str, Any]:
     """The raw recipe with the named algorithm's grpo keys filled in under its own."""
-    from rl.errors import ConfigError
-
     name = raw.get("algorithm")
     if name is None:
         return raw
-    if name not in ALGORITHMS:
-        raise ConfigError(f"{source}: key 'algorithm' must be one of {sorted(ALGORITHMS)}")
+    if not isinstance(name, str) or name not in ALGORITHMS:
+        raise ConfigError(
+            f"{source}: key 'algorithm' must be one of {sorted(ALGORITHMS)} or null, got {name!r}"
+        )
     grpo = raw.get("grpo") or {}
     if not isinstance(grpo, dict):
         return raw  # reported by the type check that follows
