@@ -309,7 +309,7 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     """Read a YAML recipe, apply ``key=value`` overrides, validate; raise ConfigError."""
     source = str(path)
     raw = read_mapping(path, overrides)
-    raw = apply_algorithm(raw, source)
+    raw = apply_algorithm(raw, source, lambda grpo: build(GRPOConfig, grpo, "grpo.", source))
     recipe = build(Recipe, raw, prefix="", source=source)
     _check(recipe, source)
     return recipe

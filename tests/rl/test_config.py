@@ -257,3 +257,31 @@ def test_the_rules_cover_every_field_with_choices_or_a_range():
 
     named = {re.match(r"key '([\w.]+)", m).group(1) for _, m in RULES if m}
     assert set(fields(Recipe)) - named == set()
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "buffer"),
+    [
+        # DAPO's buffer is a fifth of the length budget (4096 of 20480), rounded down:
+        ("algorithm: dapo\ngrpo: {max_new_tokens: 64}", [], 12),  # 64 / 5 = 12.8
+        ("grpo: {max_new_tokens: 16}", ["algorithm=dapo"], 3),  # 16 / 5 = 3.2
+        ("algorithm: dapo", ["grpo.max_new_tokens=100"], 20),
+        ("algorithm: dapo", [], 12),  # GRPOConfig's default budget, 64
+        ("algorithm: dapo\ngrpo: {max_new_tokens: 64, overlong_buffer: 4}", [], 4),  # own wins
+        ("algorithm: dapo", ["grpo.overlong_buffer=0"], 0),  # even when it is 0
+        ("algorithm: grpo", [], 0),
+        ("algorithm: dr_grpo", [], 0),
+        ("", [], 0),
+    ],
+)
+def test_dapo_sets_its_overlong_buffer_from_max_new_tokens(recipe_file, text, overrides, buffer):
+    recipe = load_recipe(recipe_file(f"{BASE}{text}\n"), overrides)
+    assert recipe.grpo.overlong_buffer == buffer
+    assert recipe.grpo.mask_truncated is (recipe.algorithm == "dapo")
+
+
+def test_dapo_reads_a_checked_max_new_tokens(recipe_file):
+    path = recipe_file(f"{BASE}algorithm: dapo\n")
+    message = f"{path}: key 'grpo.max_new_tokens' must be int, got 'many'"
+    with pytest.raises(ConfigError, match=f"^{re.escape(message)}$"):
+        load_recipe(path, ["grpo.max_new_tokens=many"])
