@@ -127,7 +127,8 @@ class GRPOConfig:
     """Extra generation rounds per step for dynamic sampling (each of prompts_per_step)."""
     overlong_buffer: NonNegativeInt = 0
     """DAPO's soft overlong penalty: the last this-many tokens before max_new_tokens cost up
-    to ``overlong_penalty`` reward, linearly (0 disables)."""
+    to ``overlong_penalty`` reward, linearly (0 disables; ``algorithm: dapo`` sets a fifth of
+    max_new_tokens)."""
     overlong_penalty: NonNegativeFloat = 1.0
     """Reward removed at max_new_tokens when overlong_buffer > 0."""
     mask_truncated: bool = False
@@ -144,7 +145,8 @@ class GRPOConfig:
     equal to the learner's up to the engine's numerics; see ``logprob_diff_*`` in metrics).
     With one step per batch neither is needed: the update is on-policy."""
     estimator: Estimator = "grpo"
-    """Advantage estimator (rl/advantages.py)."""
+    """Advantage estimator (rl/advantages.py): grpo (group z-score), dr_grpo (no std
+    division), rloo (leave-one-out mean), reinforce_pp_baseline (group mean, batch-whitened)."""
     loss_agg: Aggregation = "token-mean"
     """Loss aggregation, in verl's vocabulary (rl/aggregation.py)."""
     clip_low: Annotated[float, Range(ge=0, lt=1)] = 0.2
@@ -258,8 +260,9 @@ class LoRAConfig:
     targets: list[LoRAFamily] = field(
         default_factory=lambda: ["attention", "shared_experts", "dense_mlp"]
     )
-    """Weight families that get adapters (model/lora.py); routed_experts trains there, but the
-    learner cannot yet merge 3-D expert adapters for the sync (MERGEABLE_FAMILIES)."""
+    """Weight families that get adapters (model/lora.py): attention (MLA projections), dense_mlp,
+    shared_experts. Not routed_experts: the learner cannot yet merge its 3-D adapters for the
+    weight sync (model/lora_families.py, MERGEABLE_FAMILIES)."""
     dropout: Annotated[float, Range(ge=0, lt=1)] = 0.0
     """LoRA dropout."""
 
