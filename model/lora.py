@@ -37,17 +37,8 @@ from peft.tuners.lora import LoraLayer, ParamWrapper
 from peft.utils import transformers_weight_conversion
 from torch import nn
 
-_LAYER = r"model\.layers\.\d+"
-FAMILIES: dict[str, str] = {
-    "attention": _LAYER + r"\.self_attn\.(q_proj|k_proj|v_proj|q_a_proj|q_b_proj"
-    r"|kv_a_proj_with_mqa|kv_b_proj|o_proj)",
-    "dense_mlp": _LAYER + r"\.mlp\.(gate_proj|up_proj|down_proj)",
-    "shared_experts": _LAYER + r"\.mlp\.shared_experts\.(gate_proj|up_proj|down_proj)",
-    "routed_experts": _LAYER + r"\.mlp\.experts\.(gate_up_proj|down_proj)",
-}
-"""Family name -> regex (``re.fullmatch``) over the base model's module or parameter names."""
+from model.lora_families import FAMILIES, PARAMETER_FAMILIES
 
-_PARAMETER_FAMILIES = {"routed_experts"}  # 3-D parameters, not nn.Linear modules
 _ADAPTER_TENSOR = re.compile(r"\.lora_[A-Za-z_]+\.")
 
 
@@ -76,7 +67,7 @@ def lora_target_names(model: nn.Module, targets: list[str]) -> tuple[list[str], 
     parameters: list[str] = []
     for family in targets:
         pattern = re.compile(FAMILIES[family])
-        if family in _PARAMETER_FAMILIES:
+        if family in PARAMETER_FAMILIES:
             found = [n for n, p in model.named_parameters() if pattern.fullmatch(n) and p.ndim == 3]
             parameters += found
         else:

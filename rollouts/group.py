@@ -26,10 +26,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rollouts.engine import VLLMEngine
+from rollouts.placement import STRATEGIES
 from rollouts.types import Completion
 from rollouts.worker import ENGINE_ENV
-
-STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 class RolloutWorkerError(RuntimeError):
