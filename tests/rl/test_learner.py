@@ -2,7 +2,6 @@
 
 import pytest
 import ray
-import torch
 from safetensors.torch import load
 
 from model import load_policy, new_policy, save_policy, to_vllm_weights
