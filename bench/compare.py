@@ -73,7 +73,7 @@ def compare_policy(name: str, reps: int, steps: int) -> dict:
     recipe["grpo"]["steps"] = steps
     recipe["model"]["preset"], recipe["sft"]["steps"] = POLICIES[name]
     policy, rl_file = starting_policy(recipe)
-    trl_vllm = name == "dense"  # TRL's vLLM weight sync fails on DeepSeek-V3 (see README)
+    trl_vllm = name == "dense"  # TRL's vLLM weight sync fails on DeepSeek-V3 (docs/bench.md)
     runners: dict[str, Callable[[dict, Path], dict]] = {
         "r1kit": lambda rec, work: run_r1kit(rec, policy, rl_file, work),
         "trl": lambda rec, work: run_trl(rec, policy, rl_file, trl_vllm, work),

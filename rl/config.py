@@ -79,7 +79,7 @@ class DataConfig:
     generator_args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the generator."""
     sft_file: str | None = None
-    """JSONL of SFT rows: {"prompt", "completion", "answer"}."""
+    """JSONL of SFT rows: {"prompt", "completion"} (extra fields are kept)."""
     rl_file: str | None = None
     """JSONL of RL prompts: {"prompt", "answer", ...extra fields passed to rewards}."""
     eval_file: str | None = None
