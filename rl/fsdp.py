@@ -81,6 +81,7 @@ def _gather_dim0(sharded: dict[str, Any], rank: int, world_size: int) -> dict[st
 
 
 def _shard_rows(dim0: int, world_size: int, rank: int) -> int:
-    """Rows of a dim-0 FSDP2 shard (torch.chunk's split: ceil-sized, the tail shorter/empty)."""
+    """Rows of a dim-0 FSDP2 shard: torch.chunk's split (ceil-sized, the tail shorter or
+    empty), which FSDP2 uses; not the even split of rollouts.group.split_evenly."""
     size = -(-dim0 // world_size)
     return max(0, min(size, dim0 - rank * size))

@@ -64,12 +64,10 @@ class LearnerRank:
 
     def address(self) -> tuple[str, int]:
         """Host and a free port for the group's rendezvous (asked of rank 0)."""
+        host = socket.gethostbyname(socket.gethostname()) if self.world_size > 1 else "127.0.0.1"
         with socket.socket() as s:
             s.bind(("", 0))
-            port = s.getsockname()[1]
-        return socket.gethostbyname(
-            socket.gethostname()
-        ) if self.world_size > 1 else "127.0.0.1", port
+            return host, s.getsockname()[1]
 
     def setup(self, master_addr: str, master_port: int) -> int:
         """Join the process group, load and shard the policy. Returns the parameter count."""
