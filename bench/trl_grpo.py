@@ -208,7 +208,7 @@ def build_trainer(spec: dict, meter: StepMeter, output_dir: str) -> Any:
     from trl import GRPOTrainer
 
     # conversational prompts: TRL renders them with the tokenizer's chat template and
-    # add_generation_prompt, the very token ids r1kit's `Run.prompt_ids` samples from
+    # add_generation_prompt, the very token ids r1kit's `ChatFormat.prompt_ids` samples from
     rows = [
         {"prompt": [{"role": "user", "content": p["prompt"]}], "answer": p["answer"]}
         for p in spec["prompts"]

@@ -84,6 +84,12 @@ class DataConfig:
     """JSONL of RL prompts: {"prompt", "answer", ...extra fields passed to rewards}."""
     eval_file: str | None = None
     """JSONL of held-out rows: {"prompt", "answer"}; must not overlap the training rows."""
+    prompt_template: str = "{prompt}"
+    """The user turn made of a row: a ``str.format`` template over its fields, e.g.
+    ``"{prompt}\nPut your final answer within \\boxed{{}}."``."""
+    system_prompt: str | None = None
+    """A system turn before every prompt (rows with their own system turn keep theirs);
+    null: none, or the chat template's default."""
 
 
 @dataclass

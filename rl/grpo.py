@@ -182,23 +182,21 @@ def _generate_and_score(
     run: Run, picked: list[dict], step: int, round_: int, timing: dict
 ) -> Groups:
     cfg = run.recipe.grpo
-    prompts = [run.prompt_ids(r["prompt"]) for r in picked]
     results: dict[int, ScoreResult] = {}  # id(completion) -> its score
 
     def score(part: list[Completion]) -> float:
         t0 = time.time()
         rows = [picked[c.prompt_index] for c in part]
-        results.update(
-            zip(map(id, part), run.pool.score([c.text for c in part], rows), strict=True)
-        )
+        texts = [run.chat.scored_text(c.text) for c in part]
+        results.update(zip(map(id, part), run.pool.score(texts, rows), strict=True))
         return time.time() - t0
 
     def score_early(part: list[Completion]) -> None:  # while other workers still generate
         timing["time_reward_overlapped"] += score(part)
 
     t0 = time.time()
-    completions = run.rollouts.generate(
-        prompts,
+    completions = run.generate(
+        picked,
         n=cfg.group_size,
         temperature=cfg.temperature,
         top_p=cfg.top_p,
@@ -210,7 +208,7 @@ def _generate_and_score(
     timing["time_reward"] += score([c for c in completions if id(c) not in results])
     scored = [results[id(c)] for c in completions]
     return Groups(
-        [prompts[c.prompt_index] for c in completions],
+        [run.chat.prompt_ids(picked[c.prompt_index]) for c in completions],
         completions,
         scored,
         torch.tensor([s.reward for s in scored], dtype=torch.float32),

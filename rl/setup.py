@@ -7,13 +7,15 @@ import importlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import ray
 from tqdm import tqdm
 
+from model.chat import ChatFormat
 from rewards import RewardPool
 from rl.check import quick_check
 from rl.config import Recipe
@@ -36,7 +38,6 @@ class Run:
     log: MetricsLog
     own_rollouts: bool = True
     wall_offset: float = 0.0  # wall seconds of earlier sessions of a resumed run - start time
-    _prompt_cache: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def pad_id(self) -> int:
@@ -44,22 +45,18 @@ class Run:
 
         return pad_token_id(self.tokenizer)
 
-    def prompt_ids(self, prompt: str) -> list[int]:
-        """Token ids of the chat-formatted prompt, ending with the assistant turn's opening."""
-        if prompt not in self._prompt_cache:
-            self._prompt_cache[prompt] = list(
-                self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}],
-                    add_generation_prompt=True,
-                    return_dict=False,
-                )
-            )
-        return self._prompt_cache[prompt]
+    @cached_property
+    def chat(self) -> ChatFormat:
+        """Rows -> prompt token ids, completions -> targets, through the chat template."""
+        data = self.recipe.data
+        return ChatFormat(self.tokenizer, data.system_prompt, data.prompt_template)
 
-    def completion_ids(self, completion: str) -> list[int]:
-        return self.tokenizer.encode(completion, add_special_tokens=False) + [
-            self.tokenizer.eos_token_id
-        ]
+    def generate(self, rows: list[dict], **sampling: Any) -> list:
+        """Completions of ``rows`` from the rollout workers, stopped at the end of turn."""
+        prompts = [self.chat.prompt_ids(r) for r in rows]
+        return self.rollouts.generate(
+            prompts, stop_token_ids=[self.chat.end_of_turn_id], **sampling
+        )
 
     def sync_weights(self, full: bool = False) -> dict[str, int]:
         """Learner -> rollout workers: one gather on the learner, buckets of about

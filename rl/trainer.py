@@ -144,8 +144,8 @@ def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict
     bar = StepProgress(first, cfg.steps, "SFT")
     for step in bar:
         picked = [rows[i] for i in order.take(cfg.batch_size)]
-        prompts = [run.prompt_ids(r["prompt"]) for r in picked]
-        targets = [run.completion_ids(r["completion"]) for r in picked]
+        prompts = [run.chat.prompt_ids(r) for r in picked]
+        targets = [run.chat.completion_ids(r["completion"]) for r in picked]
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         t0 = time.time()
         out = run.learner.sft_step(
@@ -213,11 +213,10 @@ def evaluate(run: Run, rows: list[dict], stage: str) -> dict:
     """Greedy pass@1 on the held-out rows, scored by the accuracy reward."""
     limit = run.recipe.eval.limit
     rows = rows[:limit] if limit else rows
-    prompts = [run.prompt_ids(r["prompt"]) for r in rows]
-    completions = run.rollouts.generate(
-        prompts, n=1, temperature=0.0, max_tokens=run.recipe.eval.max_new_tokens
+    completions = run.generate(
+        rows, n=1, temperature=0.0, max_tokens=run.recipe.eval.max_new_tokens
     )
-    scored = run.accuracy_pool.score([c.text for c in completions], rows)
+    scored = run.accuracy_pool.score([run.chat.scored_text(c.text) for c in completions], rows)
     correct = sum(s.reward >= 1.0 for s in scored)
     result = {"accuracy": correct / len(rows), "n": len(rows)}
     run.log.write(step=None, stage=f"eval_{stage}", **result)

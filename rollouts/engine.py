@@ -164,8 +164,11 @@ class VLLMEngine:
         max_tokens: int = 64,
         seed: int | None = None,
         seed_offset: int = 0,
+        stop_token_ids: Sequence[int] | None = None,
     ) -> list[Completion]:
         """Sample ``n`` completions for each prompt (token ids). Greedy when temperature == 0.
+        Sampling stops at the model's eos and at ``stop_token_ids`` (e.g. a chat template's
+        end-of-turn token); the stop token is part of the completion's ``token_ids``.
 
         Prompt ``i`` is sampled with seed ``seed + seed_offset + i``: a caller that splits one
         batch over several engines passes each chunk's start, so samples do not depend on the
@@ -186,6 +189,7 @@ class VLLMEngine:
                 # texts are decoded once below: vLLM's incremental per-step detokenization
                 # (and the decoded string it attaches to every logprob) cost ~5-10% of a step
                 detokenize=False,
+                stop_token_ids=list(stop_token_ids or []),
                 seed=None if seed is None else seed + seed_offset + i,  # reproducible
             )
             for i in range(len(prompts))

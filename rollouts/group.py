@@ -137,6 +137,7 @@ class RolloutGroup:
         top_p: float = 1.0,
         max_tokens: int = 64,
         seed: int | None = None,
+        stop_token_ids: Sequence[int] | None = None,
         on_early: Callable[[list[Completion]], None] | None = None,
     ) -> list[Completion]:
         """``VLLMEngine.generate`` over all workers: ``len(prompts) * n`` completions grouped
@@ -156,6 +157,7 @@ class RolloutGroup:
                 max_tokens=max_tokens,
                 seed=seed,
                 seed_offset=chunk.start,
+                stop_token_ids=stop_token_ids,
             )
 
         def arrived(slot: int, part: list[Completion], early: bool) -> None:

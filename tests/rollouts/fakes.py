@@ -21,7 +21,16 @@ class FakeEngine:
         self.engine_dead = False
 
     def generate(
-        self, prompts, *, n=1, temperature=1.0, top_p=1.0, max_tokens=64, seed=None, seed_offset=0
+        self,
+        prompts,
+        *,
+        n=1,
+        temperature=1.0,
+        top_p=1.0,
+        max_tokens=64,
+        seed=None,
+        seed_offset=0,
+        stop_token_ids=None,
     ):
         if self.engine_dead:
             raise EngineDeadError("engine core died")
