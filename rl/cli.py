@@ -30,6 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="leave tensors whose name contains NAME out of the sync (to see the check fail)",
     )
+    convert = sub.add_parser("convert", help="a GGUF model file as a Hugging Face folder")
+    convert.add_argument("--gguf", required=True, help="the .gguf file (quantized or not)")
+    convert.add_argument("--out", required=True, help="the HF folder to write")
+    convert.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     return parser
 
 
@@ -103,6 +107,17 @@ def cmd_eval_rewards(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from model.gguf import convert_gguf
+
+    try:
+        out = convert_gguf(args.gguf, args.out, dtype=args.dtype)
+    except (FileNotFoundError, ValueError) as e:
+        raise R1kitError(str(e)) from None
+    print(f"converted {args.gguf} -> {out} ({args.dtype}); transformers and vLLM load it")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from rl.check import check
 
@@ -137,7 +152,12 @@ def main(argv: list[str] | None = None) -> int:
     if takes_overrides:
         args.overrides = list(args.overrides) + extra
     try:
-        commands = {"train": cmd_train, "eval-rewards": cmd_eval_rewards, "check": cmd_check}
+        commands = {
+            "train": cmd_train,
+            "eval-rewards": cmd_eval_rewards,
+            "check": cmd_check,
+            "convert": cmd_convert,
+        }
         return commands[args.command](args)
     except R1kitError as e:
         print(f"r1kit: error: {e}", file=sys.stderr)

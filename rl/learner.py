@@ -330,8 +330,16 @@ class LearnerRank:
         update_router_bias(self.model, load, rate)
 
     def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The full (unsharded) state dict on rank 0, on the CPU; {} elsewhere."""
-        state = gather_full_state(self.model.state_dict(), self.rank, self.world_size)
+        """The full (unsharded) state dict on rank 0, on the CPU; {} elsewhere. A tensor
+        several names share (tied input and output embeddings) is in it once, under its
+        first name: engines and HF loaders tie it again from the config."""
+        seen, aliases = set(), set()  # (FSDP2's state dict gives each name its own tensor)
+        for name, param in self.model.named_parameters(remove_duplicate=False):
+            if id(param) in seen:
+                aliases.add(name)
+            seen.add(id(param))
+        shards = {k: v for k, v in self.model.state_dict().items() if k not in aliases}
+        state = gather_full_state(shards, self.rank, self.world_size)
         if self.lora and self.rank == 0:  # the plain model's weights, adapters merged in
             from model.lora import merge_full_state
 
@@ -381,6 +389,7 @@ class LearnerRank:
         with torch.device("meta"):
             shell = AutoModelForCausalLM.from_config(self.model.config)
         shell.load_state_dict(state, strict=False, assign=True)
+        shell.tie_weights()  # a tied output embedding was gathered once, as the input's
         save_policy(shell, self.tokenizer, Path(path))
         return path
 

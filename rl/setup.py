@@ -102,8 +102,17 @@ def initial_policy(recipe: Recipe, out: Path, data: dict[str, list[dict]]) -> Pa
 
     if recipe.model.path:
         path = Path(recipe.model.path)
+        if path.suffix == ".gguf":
+            from model.gguf import converted
+
+            if not path.is_file():
+                raise ConfigError(f"recipe key 'model.path': GGUF file not found: {path}")
+            return converted(path, recipe.model.dtype)
         if not (path / "config.json").is_file():
-            raise ConfigError(f"recipe key 'model.path': {path} is not a Hugging Face model folder")
+            raise ConfigError(
+                f"recipe key 'model.path': {path} is not a Hugging Face model folder "
+                "(no config.json) nor a .gguf file"
+            )
         return path
     text = "".join(
         r.get(k, "")

@@ -26,8 +26,40 @@ def _reload(worker, blob: bytes) -> int:  # runs inside vLLM's worker process
 
     named = load(blob)
     worker.model_runner.reload_weights(weights_iterator=iter(named.items()))
-    _repack_cpu_experts(worker.model_runner.get_model(), named)
+    model = worker.model_runner.get_model()
+    _repack_cpu_experts(model, named)
+    _retie_lm_head(model, named)
     return len(named)
+
+
+def _retie_lm_head(model: torch.nn.Module, loaded: dict[str, torch.Tensor]) -> bool:
+    """Give a tied output head the input embedding a reload just wrote.
+
+    With tied embeddings the learner sends ``embed_tokens`` once (no ``lm_head.weight``).
+    vLLM's reload then writes the embedding, but the head keeps what its kernel prepared at
+    the first load (on CPU, a packed copy of the weight for its GEMM): the policy's logits
+    would come from the old weights. The head is tied to the new embedding again and its
+    kernel preparation re-run. Returns whether it did."""
+    from vllm.model_executor.layers.vocab_parallel_embedding import (
+        ParallelLMHead,
+        VocabParallelEmbedding,
+    )
+
+    if not any(name.endswith("embed_tokens.weight") for name in loaded):
+        return False
+    heads = [m for m in model.modules() if isinstance(m, ParallelLMHead)]
+    embeddings = [
+        m
+        for m in model.modules()
+        if isinstance(m, VocabParallelEmbedding) and not isinstance(m, ParallelLMHead)
+    ]
+    tied = getattr(getattr(model, "config", None), "tie_word_embeddings", False)
+    if len(heads) != 1 or len(embeddings) != 1 or not tied:
+        return False
+    head, embedding = heads[0], embeddings[0]
+    head.weight = embedding.weight
+    head.quant_method.process_weights_after_loading(head)
+    return True
 
 
 def _repack_cpu_experts(model: torch.nn.Module, loaded: dict[str, torch.Tensor]) -> int:

@@ -160,3 +160,32 @@ def test_the_loss_config_comes_from_the_recipe():
     assert loss.max_len == recipe.grpo.max_new_tokens and not loss.every_row_learns
     assert LossConfig.from_grpo(load_recipe("recipes/demo.yaml", ["grpo.kl_coef=0.1"]).grpo)
     assert LOSS.policy_loss_options()["clip_low"] == 0.2
+
+
+def test_tied_embeddings_travel_once_and_save_tied(tmp_path):
+    """A policy whose output head is its input embedding (SmolLM2, Qwen2.5-0.5B, Llama-3.2-1B)
+    exports that matrix once; the engine and HF loaders tie it again from the config."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from model import build_char_tokenizer, save_policy
+
+    tok = build_char_tokenizer("0123456789+-= ")
+    config = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    save_policy(LlamaForCausalLM(config), tok, tmp_path / "tied")
+    with open_rank(tmp_path / "tied", **DEVICE_SETUP["cpu"]) as rank:
+        exported = {k: v for bucket in rank.export_weights() for k, v in load(bucket).items()}
+        bytes_sent = rank.last_export["sync_bytes"]
+        rank.save(str(tmp_path / "saved"))
+    assert "lm_head.weight" not in exported and "model.embed_tokens.weight" in exported
+    params = sum(p.numel() for p in LlamaForCausalLM(config).parameters())  # counted once
+    assert bytes_sent < 4 * params * 1.01  # fp32, plus safetensors headers
+    saved, _ = load_policy(tmp_path / "saved")
+    assert saved.lm_head.weight.data_ptr() == saved.model.embed_tokens.weight.data_ptr()
+    torch.testing.assert_close(
+        saved.model.embed_tokens.weight, exported["model.embed_tokens.weight"]
+    )
