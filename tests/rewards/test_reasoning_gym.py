@@ -136,6 +136,7 @@ def test_the_registry_names_it():
     assert get_reward("reasoning_gym") is reasoning_gym_reward
 
 
+@pytest.mark.slow
 def test_in_the_reward_pool_workers(tmp_path):
     """Rows cross to spawned worker processes (pickled), where the task's scorer is built."""
     from rl.config import DataSource

@@ -203,6 +203,7 @@ def test_a_hub_name_is_passed_to_load_dataset_with_its_config_and_split(monkeypa
         load_rows(src, "eval", "data.eval")
 
 
+@pytest.mark.slow
 def test_offline_hub_error_says_what_to_do(tmp_path):
     script = (
         "from rl.config import DataSource\n"
