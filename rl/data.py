@@ -70,7 +70,7 @@ def check_disjoint(
     """Refuse a held-out set whose questions also appear in training data.
 
     Two rows ask the same question when the conversations they ask the policy to continue
-    (``chat.messages``: the system prompt, then the row's messages or its prompt through the
+    (``ChatFormat.messages``: the system prompt, then the row's messages or its prompt through the
     prompt template) are equal, compared as canonical JSON of the turns' roles and contents:
     a prompt row and a messages row with the same user turn match, and no tokenizer is needed
     (a preset's is built from the data).
