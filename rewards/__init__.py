@@ -2,7 +2,8 @@
 
 A reward function is `fn(completion: str, **row) -> float` (see `rewards.registry`): math
 (`rewards.math`), code run in a sandbox (`rewards.code`, `rewards.sandbox`), the R1 format
-(`rewards.format`), or any `module:function`; `rewards.shaping` holds length-based shaping.
+(`rewards.format`), reasoning-gym's own scorers (`rewards.reasoning_gym`), or any
+`module:function`; `rewards.shaping` holds length-based shaping.
 Score untrusted model output through `RewardPool`, which bounds each sample's time and turns
 what the reward functions raise into counted zeros. `rewards.lab` evaluates a reward offline
 (`r1kit eval-rewards`).

@@ -20,6 +20,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "format": ".format:format_reward",
     "code": ".code:code_reward",
     "code_binary": ".code:code_reward_binary",
+    "reasoning_gym": ".reasoning_gym:reasoning_gym_reward",
 }
 
 

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from model.lora_families import MERGEABLE_FAMILIES
 from rl.advantages import ESTIMATORS
+from rl.answers import ANSWER_FORMATS
 from rl.config_loader import Range, build, read_mapping
 from rl.errors import ConfigError
 from rl.losses import AGGREGATIONS, KL_ESTIMATORS, MISMATCH_LEVELS, RATIO_LEVELS
@@ -26,6 +27,8 @@ from rollouts.placement import STRATEGIES
 __all__ = [
     "CheckpointConfig",
     "DataConfig",
+    "DataFields",
+    "DataSource",
     "EvalConfig",
     "GRPOConfig",
     "LearnerConfig",
@@ -51,6 +54,7 @@ MismatchCorrection = Literal[("none", *MISMATCH_LEVELS)]
 Placement = Literal[tuple(s.lower() for s in STRATEGIES)]
 LoRAFamily = Literal[MERGEABLE_FAMILIES]
 Algorithm = Literal[tuple(ALGORITHMS)]
+AnswerFormat = Literal[tuple(ANSWER_FORMATS)]
 
 # Ranges (pydantic's names); a field with other bounds spells its Range out.
 NonNegativeInt = Annotated[int, Range(ge=0)]
@@ -72,21 +76,79 @@ class ModelConfig:
 
 
 @dataclass
+class DataFields:
+    """Which of a dataset's columns hold what r1kit reads; a dotted path reaches into a nested
+    column (``reward_model.ground_truth``). Unset: the column of the same name, or the
+    schema's own (verl parquet, reasoning-gym: rl/rows.py)."""
+
+    prompt: str | None = None
+    """Column of the question, a string (formatted by data.prompt_template)."""
+    messages: str | None = None
+    """Column of a conversation, a list of {"role", "content"} ending with the user's turn
+    (instead of a prompt); in SFT rows a final assistant turn is the completion."""
+    answer: str | None = None
+    """Column of the gold answer (rl and eval rows), read through ``answer_format``."""
+    completion: str | None = None
+    """Column of the SFT target."""
+
+
+@dataclass
+class DataSource:
+    """Where one stage's rows come from: a dataset (``path``) or a reasoning-gym task."""
+
+    path: str | None = None
+    """A local .jsonl/.json/.parquet/.csv/.arrow file, a folder of them (its file names give
+    the splits) or one written by ``datasets``' save_to_disk, or a Hugging Face hub dataset
+    name (``openai/gsm8k``); all are read through ``datasets``."""
+    name: str | None = None
+    """The hub dataset's configuration (GSM8K: ``main``)."""
+    split: str | None = None
+    """The split of a hub dataset or folder (default ``train``); a single file is one split."""
+    fields: DataFields = field(default_factory=DataFields)
+    """Which columns are the prompt, messages, answer, completion."""
+    answer_format: AnswerFormat = "raw"
+    """How the answer column reads (rl/answers.py): raw; gsm8k (the number after ``####``,
+    commas dropped); math (the content of the last ``\\boxed{}`` of a solution)."""
+    limit: PositiveInt | None = None
+    """Read at most this many rows: the first ones, or a shuffled pick with shuffle_seed."""
+    shuffle_seed: NonNegativeInt | None = None
+    """Pick rows in an order shuffled with this seed (null: the dataset's order)."""
+    reasoning_gym: str | None = None
+    """A reasoning-gym task (countdown, chain_sum, gsm_symbolic, ...) generated instead of a
+    path; score it with the ``reasoning_gym`` reward."""
+    size: PositiveInt | None = None
+    """Problems the task generates (null: reasoning-gym's default, 500)."""
+    seed: NonNegativeInt | None = None
+    """The task's seed (null: the recipe's seed, plus 1 for rl and 2 for eval, so that the
+    stages draw different problems)."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The task's own configuration keys (countdown: min_numbers, max_target, ...)."""
+
+
+@dataclass
 class DataConfig:
+    sft: DataSource = field(default_factory=DataSource)
+    """SFT rows: a prompt (or messages) and a completion."""
+    rl: DataSource = field(default_factory=DataSource)
+    """GRPO prompts: a prompt (or messages) and an answer; every other field of a row reaches
+    the rewards as a keyword argument."""
+    eval: DataSource = field(default_factory=DataSource)
+    """Held-out rows like rl's; none of their prompts may appear in sft or rl."""
     generator: str | None = None
     """`module:function` returning {"sft": rows, "rl": rows, "eval": rows}; its rows are
-    written to OUT/data/*.jsonl and read back like user files."""
+    written to OUT/data/*.jsonl and read back like user files (a stage's own source wins)."""
     generator_args: dict[str, Any] = field(default_factory=dict)
     """Keyword arguments of the generator."""
     sft_file: str | None = None
-    """JSONL of SFT rows: {"prompt", "completion"} (extra fields are kept)."""
+    """Shorthand for ``sft: {path: FILE}``."""
     rl_file: str | None = None
-    """JSONL of RL prompts: {"prompt", "answer", ...extra fields passed to rewards}."""
+    """Shorthand for ``rl: {path: FILE}``."""
     eval_file: str | None = None
-    """JSONL of held-out rows: {"prompt", "answer"}; must not overlap the training rows."""
+    """Shorthand for ``eval: {path: FILE}``."""
     prompt_template: str = "{prompt}"
     """The user turn made of a row: a ``str.format`` template over its fields, e.g.
-    ``"{prompt}\nPut your final answer within \\boxed{{}}."``."""
+    ``"{prompt}\nPut your final answer within \\boxed{{}}."``; every prompt row is checked
+    against it as the data loads."""
     system_prompt: str | None = None
     """A system turn before every prompt (rows with their own system turn keep theirs);
     null: none, or the chat template's default."""
@@ -366,10 +428,42 @@ def _check(recipe: Recipe, source: str) -> None:
             "non-empty when lora.r > 0",
         ),
         (recipe.model.path or recipe.model.preset, "model", "a preset or a path"),
-        (recipe.data.generator or recipe.data.eval_file, "data", "a generator or data files"),
+        *_data_rules(recipe.data),
     ]
     for holds, key, expected in rules:
         if not holds:
             raise ConfigError(f"{source}: key '{key}' must be {expected}")
     if recipe.rewards.accuracy not in recipe.rewards.weights and recipe.rewards.accuracy != "math":
         raise ConfigError(f"{source}: key 'rewards.accuracy' names no reward of rewards.weights")
+
+
+def _data_rules(data: DataConfig) -> list[tuple[Any, str, str]]:
+    """Each stage reads one source, a path or a reasoning-gym task, with only its keys."""
+    rules = [
+        (
+            data.generator or data.eval_file or data.eval.path or data.eval.reasoning_gym,
+            "data",
+            "a generator or an eval source (data.eval or data.eval_file)",
+        )
+    ]
+    for stage in ("sft", "rl", "eval"):
+        src, key, file = getattr(data, stage), f"data.{stage}", getattr(data, f"{stage}_file")
+        given = src.path or src.reasoning_gym
+        rules += [
+            (not (file and given), f"{key}_file", f"unset when {key} is set (one source)"),
+            (not (src.path and src.reasoning_gym), key, "a path or a reasoning_gym task, not both"),
+        ]
+        for keys, needs in (
+            (("name", "split"), "path"),
+            (("size", "seed", "config"), "reasoning_gym"),
+        ):
+            rules += [
+                (
+                    getattr(src, k) in (None, {}) or getattr(src, needs),
+                    f"{key}.{k}",
+                    f"unset without {key}.{needs}",
+                )
+                for k in keys
+            ]
+        rules.append((given or src == DataSource(), key, "a path or a reasoning_gym task"))
+    return rules

@@ -1,5 +1,10 @@
-"""Read and write the JSONL data a recipe trains and evaluates on, row by row, with errors
-that name the file and line; the order a stage draws its rows in."""
+"""The data a recipe trains and evaluates on: each stage's rows from its source, held-out rows
+kept apart from training rows, and the order a stage draws its rows in.
+
+``load_rows`` (``rl/rows.py``) reads a source (a file, folder, hub dataset or reasoning-gym
+task: ``rl/sources.py``) into rows of r1kit's row contract; ``read_rows`` is its shorthand for
+one file.
+"""
 
 from __future__ import annotations
 
@@ -9,41 +14,40 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from model.chat import ChatFormat
+from rl.config import DataConfig, DataSource
 from rl.errors import DataError
+from rl.rows import load_rows
 
-REQUIRED = {
-    "sft": ("prompt", "completion"),
-    "rl": ("prompt", "answer"),
-    "eval": ("prompt", "answer"),
-}
+__all__ = [
+    "STAGES",
+    "DataOrder",
+    "check_disjoint",
+    "load_rows",
+    "read_rows",
+    "stage_sources",
+    "write_rows",
+]
+
+STAGES = ("sft", "rl", "eval")
+
+
+def stage_sources(cfg: DataConfig) -> dict[str, tuple[DataSource, str]]:
+    """The source each stage names (``data.<stage>``, or its ``data.<stage>_file``
+    shorthand) with that recipe key; stages that name none are absent."""
+    sources = {}
+    for kind in STAGES:
+        src, file = getattr(cfg, kind), getattr(cfg, f"{kind}_file")
+        if src.path or src.reasoning_gym:
+            sources[kind] = (src, f"data.{kind}")
+        elif file:
+            sources[kind] = (DataSource(path=file), f"data.{kind}_file")
+    return sources
 
 
 def read_rows(path: str | Path, kind: str, key: str = "") -> list[dict[str, Any]]:
-    """Rows of a JSONL file of ``kind`` (sft, rl, eval); ``key`` names the recipe key."""
-    path = Path(path)
-    where = f" (recipe key {key})" if key else ""
-    if not path.is_file():
-        raise DataError(f"data file not found: {path}{where}")
-    rows = []
-    with path.open() as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: malformed JSON: {e.msg}") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: a row must be a JSON object")
-            for name in REQUIRED[kind]:
-                if not isinstance(row.get(name), str) or not row[name]:
-                    raise DataError(f"{path}:{lineno}: missing or empty string field '{name}'")
-            if "answer" in row and not isinstance(row["answer"], str):
-                raise DataError(f"{path}:{lineno}: field 'answer' must be a string")
-            rows.append(row)
-    if not rows:
-        raise DataError(f"{path}: no rows{where}")
-    return rows
+    """Rows of a data file of ``kind`` (sft, rl, eval); ``key`` names the recipe key."""
+    return load_rows(DataSource(path=str(path)), kind, key or f"data.{kind}_file")
 
 
 def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
@@ -56,14 +60,34 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
-def check_disjoint(train: list[dict], held_out: list[dict], source: str) -> None:
-    """Refuse a held-out set whose prompts also appear in training data."""
-    seen = {r["prompt"] for r in train}
-    overlap = [r["prompt"] for r in held_out if r["prompt"] in seen]
+def check_disjoint(
+    train: list[dict],
+    held_out: list[dict],
+    source: str,
+    system_prompt: str | None = None,
+    prompt_template: str = "{prompt}",
+) -> None:
+    """Refuse a held-out set whose questions also appear in training data.
+
+    Two rows ask the same question when the conversations they ask the policy to continue
+    (``ChatFormat.messages``: the system prompt, then the row's messages or its prompt through the
+    prompt template) are equal, compared as canonical JSON of the turns' roles and contents:
+    a prompt row and a messages row with the same user turn match, and no tokenizer is needed
+    (a preset's is built from the data).
+    """
+    chat = ChatFormat(None, system_prompt, prompt_template)
+    seen = {_conversation(chat, r) for r in train}
+    overlap = [r for r in held_out if _conversation(chat, r) in seen]
     if overlap:
+        question = chat.messages(overlap[0])[-1]["content"]
         raise DataError(
-            f"{source}: {len(overlap)} held-out prompts also in training data, e.g. {overlap[0]!r}"
+            f"{source}: {len(overlap)} held-out prompts also in training data, e.g. {question!r}"
         )
+
+
+def _conversation(chat: ChatFormat, row: dict) -> str:
+    turns = [[t["role"], t["content"]] for t in chat.messages(row)]
+    return json.dumps(turns, ensure_ascii=False)
 
 
 class DataOrder:

@@ -26,8 +26,15 @@ from rl.checkpoint import (
     load_driver_state,
     save_checkpoint,
 )
-from rl.config import Recipe
-from rl.data import DataOrder, check_disjoint, read_rows, write_rows
+from rl.config import DataSource, Recipe
+from rl.data import (
+    STAGES,
+    DataOrder,
+    check_disjoint,
+    load_rows,
+    stage_sources,
+    write_rows,
+)
 from rl.errors import ConfigError
 from rl.grpo import grpo_step
 from rl.metrics import plot_reward_curve
@@ -118,21 +125,30 @@ def _stage_state(state: DriverState | None, stage: str) -> DriverState | None:
 
 
 def load_data(recipe: Recipe, out: Path) -> dict[str, list[dict]]:
-    """Rows from the recipe's generator (written to OUT/data and read back) or its files."""
-    files = {"sft": recipe.data.sft_file, "rl": recipe.data.rl_file, "eval": recipe.data.eval_file}
-    if recipe.data.generator:
-        generated = import_object(recipe.data.generator, "data.generator")(
-            **recipe.data.generator_args
-        )
+    """Each stage's rows: from its source (``data.sft`` / ``rl`` / ``eval``, or the
+    ``data.*_file`` shorthands), else from the recipe's generator (written to OUT/data and
+    read back); held-out rows must not ask what training rows ask."""
+    cfg = recipe.data
+    sources = stage_sources(cfg)
+    if cfg.generator:
+        generated = import_object(cfg.generator, "data.generator")(**cfg.generator_args)
         for kind, rows in generated.items():
-            if files.get(kind) is None:
-                files[kind] = str(write_rows(out / "data" / f"{kind}.jsonl", rows))
+            if kind in STAGES and kind not in sources:
+                path = write_rows(out / "data" / f"{kind}.jsonl", rows)
+                sources[kind] = (DataSource(path=str(path)), "data.generator")
     needed = {"sft": recipe.sft.steps > 0, "rl": recipe.grpo.steps > 0, "eval": True}
     for kind, need in needed.items():
-        if need and not files[kind]:
-            raise ConfigError(f"recipe: {kind} data needed: set data.{kind}_file or data.generator")
-    data = {k: read_rows(files[k], k, f"data.{k}_file") if files[k] else [] for k in files}
-    check_disjoint(data["sft"] + data["rl"], data["eval"], "data.eval_file")
+        if need and kind not in sources:
+            raise ConfigError(
+                f"recipe: {kind} data needed: set data.{kind}, data.{kind}_file or data.generator"
+            )
+    data = {kind: [] for kind in STAGES}
+    for kind, (src, key) in sources.items():
+        data[kind] = load_rows(src, kind, key, cfg.prompt_template, recipe.seed)
+    train_rows = data["sft"] + data["rl"]
+    check_disjoint(
+        train_rows, data["eval"], sources["eval"][1], cfg.system_prompt, cfg.prompt_template
+    )
     return data
 
 
