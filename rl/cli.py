@@ -42,7 +42,9 @@ def add_eval_rewards_parser(sub: argparse._SubParsersAction) -> None:
     lab = sub.add_parser(
         "eval-rewards", help="score a JSONL file of completions with a reward, offline"
     )
-    lab.add_argument("--reward", required=True, help="math, code, code_binary, format, module:fn")
+    lab.add_argument(
+        "--reward", required=True, help="math, code, code_binary, format, reasoning_gym, module:fn"
+    )
     lab.add_argument("--data", required=True, help="JSONL rows: completion + the reward's fields")
     lab.add_argument("--out", required=True, help="report JSON")
     lab.add_argument("--rows-out", help="per-row results (JSONL)")

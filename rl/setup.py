@@ -114,11 +114,12 @@ def initial_policy(recipe: Recipe, out: Path, data: dict[str, list[dict]]) -> Pa
                 "(no config.json) nor a .gguf file"
             )
         return path
+    chat = ChatFormat(None, recipe.data.system_prompt, recipe.data.prompt_template)
     text = "".join(
-        r.get(k, "")
+        turn["content"] + r.get("completion", "") + str(r.get("answer", ""))
         for rows in data.values()
         for r in rows
-        for k in ("prompt", "completion", "answer")
+        for turn in chat.messages(r)
     )
     for tag in THINK_TOKENS:  # single tokens of their own
         text = text.replace(tag, "")

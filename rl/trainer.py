@@ -96,6 +96,9 @@ def _resume_state(recipe: Recipe, out: Path) -> DriverState:
     if not checkpoints:
         raise ConfigError(f"--resume: {out} has no resumable checkpoint yet (checkpoints/state/)")
     before, now = _flatten(json.loads(saved.read_text())), _flatten(asdict(recipe))
+    # a key the run's recipe predates (added to r1kit since) had its default then
+    defaults = _flatten(asdict(Recipe()))
+    before = {**{k: defaults[k] for k in now.keys() - before.keys() if k in defaults}, **before}
     changed = sorted(
         k
         for k in before.keys() | now.keys()
