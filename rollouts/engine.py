@@ -175,6 +175,12 @@ class VLLMEngine:
             max_model_len=max_model_len,
             max_num_seqs=max_num_seqs,
             enable_prefix_caching=False,
+            # A prompt is prefilled in one step, never in chunks: vLLM discards the token it
+            # samples after a partial prefill and then rewinds the request's seeded generator,
+            # which a CPU generator cannot do ("CPU Generator does not use offset": seen with
+            # SmolLM2, 32 prompts x 4 seeded samples). MLA on CPU has chunked prefill off anyway.
+            enable_chunked_prefill=False,
+            max_num_batched_tokens=max(max_model_len, 8192),
             # vLLM 0.32's CPU rotary kernel mis-rotates a 3-D (tokens, heads, dim) query with
             # more than one head; MLA passes exactly that (q_pe), so every trained MLA policy
             # samples from a wrong distribution. Its native (torch) rope is correct.
