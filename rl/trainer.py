@@ -42,8 +42,9 @@ from rl.progress import StepProgress
 from rl.schedule import lr_at
 from rl.setup import Run, import_object, start_run
 
-# Recipe sections a resumed run may change: where the cluster is, how often to checkpoint.
-RESUME_MAY_CHANGE = ("ray.", "checkpoint.")
+# Recipe sections a resumed run may change: where the cluster is, how often to checkpoint,
+# where metrics are shown.
+RESUME_MAY_CHANGE = ("ray.", "checkpoint.", "logging.")
 
 
 def train(recipe: Recipe, out: Path, rollouts=None, resume: bool = False) -> dict:
