@@ -264,9 +264,15 @@ class RewardsConfig:
 @dataclass
 class EvalConfig:
     max_new_tokens: PositiveInt = 64
-    """Completion length cap of greedy evaluation."""
+    """Completion length cap of held-out evaluation (greedy and sampled)."""
     limit: PositiveInt | None = None
     """Evaluate on the first `limit` held-out rows only (default: all)."""
+    n: PositiveInt = 1
+    """Samples per held-out row beside the greedy one: with n > 1 each evaluation also reports
+    pass@n (unbiased), mean@n and maj@n (rl/evaluation.py) as `pass@k`, `mean@k`, `maj@k`
+    with `k`; 1: greedy accuracy only."""
+    temperature: PositiveFloat = 1.0
+    """Sampling temperature of those n samples."""
 
 
 @dataclass
