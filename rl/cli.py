@@ -65,21 +65,23 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "evaluate", help="greedy pass@1 and pass@k / mean@k / maj@k of k samples of a model"
     )
-    ev.add_argument("--model", required=True, help="a Hugging Face model folder")
-    ev.add_argument("--data", required=True, help='rows {"prompt", "answer", ...} (JSONL file)')
+    ev.add_argument("--model", required=True, metavar="DIR", help="a Hugging Face model folder")
+    ev.add_argument("--data", required=True, metavar="FILE", help='rows {"prompt", "answer", ...}')
     ev.add_argument("--n", type=_positive, required=True, metavar="K", help="samples per row")
-    ev.add_argument("--out", required=True, help="report JSON file")
+    ev.add_argument("--out", required=True, metavar="FILE.json", help="report JSON file")
     ev.add_argument(
-        "--temperature", type=float, default=1.0, help="of the K samples (default 1; 0: K=1)"
+        "--temperature", type=float, default=1.0, metavar="T", help="of the K samples (default 1)"
     )
-    ev.add_argument("--max-new-tokens", type=_positive, default=64, help="default 64")
-    ev.add_argument("--reward", default="math", help="accuracy reward: math, code, module:fn")
-    ev.add_argument("--prompt-template", default="{prompt}", help="user turn, over row fields")
-    ev.add_argument("--system-prompt", help="a system turn before every prompt")
-    ev.add_argument("--limit", type=_positive, help="the first N rows only")
-    ev.add_argument("--seed", type=int, default=0, help="row i's samples use seed + i")
+    ev.add_argument("--max-new-tokens", type=_positive, default=64, metavar="M", help="default 64")
+    ev.add_argument("--reward", default="math", metavar="NAME", help="math, code, module:fn")
+    ev.add_argument(
+        "--prompt-template", default="{prompt}", metavar="S", help="user turn: format over fields"
+    )
+    ev.add_argument("--system-prompt", metavar="S", help="a system turn before every prompt")
+    ev.add_argument("--limit", type=_positive, metavar="N", help="the first N rows only")
+    ev.add_argument("--seed", type=int, default=0, metavar="S", help="row i's samples: seed S + i")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    ev.add_argument("--reward-timeout", type=float, default=5.0, help="seconds per completion")
+    ev.add_argument("--reward-timeout", type=float, default=5.0, metavar="S", help="per completion")
 
 
 def _positive(text: str) -> int:

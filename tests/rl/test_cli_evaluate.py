@@ -55,6 +55,14 @@ def test_not_a_model_folder_is_one_clear_line(capsys, tmp_path, data):
     assert "not a Hugging Face model folder" in capsys.readouterr().err
 
 
+def test_a_template_field_the_rows_lack_is_one_clear_line(capsys, tmp_path, data, tiny_policy_dir):
+    argv = ["evaluate", "--model", tiny_policy_dir, "--data", str(data), "--n", "1"]
+    argv += ["--prompt-template", "Q: {question}", "--out", str(tmp_path / "x.json")]
+    assert main(argv) == 2
+    assert "--prompt-template: row 1 has no field 'question'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+
+
 def test_n_must_be_positive(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         evaluate_cli("--model", tmp_path, "--n", 0)
