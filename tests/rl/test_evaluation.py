@@ -117,19 +117,9 @@ def test_code_rewards_vote_on_the_program():
     assert vote_key("math")(r"<think>\boxed{4}</think>The answer is 5.") == "5"
 
 
-@pytest.mark.parametrize(
-    ("override", "needle"),
-    [
-        ("eval.n=0", "key 'eval.n' must be >= 1"),
-        ("eval.temperature=0", "key 'eval.temperature' must be > 0"),
-        ("logging.samples=-1", "key 'logging.samples' must be >= 0"),
-        ("logging.wandb.mode=cloud", "key 'logging.wandb.mode' must be one of"),
-        ("logging.tensorbord=false", "did you mean 'logging.tensorboard'"),
-    ],
-)
-def test_recipe_keys_are_checked_at_load(override, needle):
-    with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
-        load_recipe("recipes/demo.yaml", [override])
+def test_a_misspelt_logging_key_is_caught():  # the ranges and choices: tests/rl/test_config.py
+    with pytest.raises(ConfigError, match="did you mean 'logging.tensorboard'"):
+        load_recipe("recipes/demo.yaml", ["logging.tensorbord=false"])
 
 
 def test_recipe_defaults_keep_the_greedy_evaluation_and_turn_tensorboard_on():
