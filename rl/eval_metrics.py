@@ -13,7 +13,8 @@ For one problem with n sampled completions of which c are correct:
 
       C(n - c, k) / C(n, k) = prod_{i = n - c + 1}^{n} (1 - k / i)
 
-  (both sides equal (n - c)! (n - k)! / ((n - c - k)! n!)), and 1 when n - c < k.
+  (both sides equal (n - c)! (n - k)! / ((n - c - k)! n!)); pass@k is 1 when n - c < k
+  (every k of the n hold a correct one).
 - ``mean_at_k(rewards)``: the mean reward of the k samples (for a 0/1 reward, the sampled
   pass@1 = c / n).
 - ``majority_vote(answers)``: which sample's answer maj@k takes: the answer given by the most
