@@ -18,7 +18,8 @@ markdown text per step, ``{prefix}/completions``. A resumed run rewrites its eve
 the metrics rows its checkpoint kept (samples logged before the resume are not kept).
 ``Wandb`` logs the same under the same names to a wandb run, each prefix with its own step
 axis (``grpo/step``: SFT and GRPO both count from 1), and the samples as a table; it is
-imported only when ``logging.wandb.project`` is set.
+imported only when ``logging.wandb.project`` is set. A resumed run is a new wandb run, with the
+kept rows replayed into it.
 """
 
 from __future__ import annotations
