@@ -65,7 +65,7 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     ev = sub.add_parser(
         "evaluate", help="greedy pass@1 and pass@k / mean@k / maj@k of k samples of a model"
     )
-    ev.add_argument("--model", required=True, metavar="DIR", help="a Hugging Face model folder")
+    ev.add_argument("--model", required=True, metavar="DIR", help="an HF model folder or .gguf")
     ev.add_argument("--data", required=True, metavar="FILE", help='rows {"prompt", "answer", ...}')
     ev.add_argument("--n", type=_positive, required=True, metavar="K", help="samples per row")
     ev.add_argument("--out", required=True, metavar="FILE.json", help="report JSON file")

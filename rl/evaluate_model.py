@@ -37,7 +37,7 @@ def evaluate_model(
     reward_timeout_s: float = 5.0,
     rollouts: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate the Hugging Face model folder ``model`` on ``data`` (what ``rl.data.read_rows``
+    """Evaluate the Hugging Face model folder (or .gguf file) ``model`` on ``data`` (what ``rl.data.read_rows``
     reads: rows of ``{"prompt", "answer", ...}``), write the report (``evaluate_rows``'s, with
     ``model``, ``data``, ``reward``, ``wall_s``) to ``out`` as JSON and return it. Starts Ray
     (unless it runs), one vLLM rollout worker (unless ``rollouts``, a running
@@ -49,8 +49,14 @@ def evaluate_model(
 
     t0 = time.time()
     model_dir = Path(model)
+    if model_dir.suffix == ".gguf" and model_dir.is_file():
+        from model.gguf import converted
+
+        model_dir = converted(model_dir, dtype)  # once, into the asset cache
     if not (model_dir / "config.json").is_file():
-        raise ConfigError(f"--model {model}: not a Hugging Face model folder (no config.json)")
+        raise ConfigError(
+            f"--model {model}: not a Hugging Face model folder (no config.json) nor a .gguf file"
+        )
     rows = read_rows(data, "eval")[:limit]
     chat = ChatFormat(AutoTokenizer.from_pretrained(model_dir), system_prompt, prompt_template)
     longest = max(len(_prompt_ids(chat, row, i)) for i, row in enumerate(rows))
