@@ -66,7 +66,14 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "evaluate", help="greedy pass@1 and pass@k / mean@k / maj@k of k samples of a model"
     )
     ev.add_argument("--model", required=True, metavar="DIR", help="an HF model folder or .gguf")
-    ev.add_argument("--data", required=True, metavar="FILE", help='rows {"prompt", "answer", ...}')
+    ev.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE|DATASET",
+        help='rows {"prompt", "answer", ...}: a file, folder, hub name, or a YAML mapping of '
+        "a recipe's data.eval keys, e.g. '{path: openai/gsm8k, name: main, split: test, "
+        "fields: {prompt: question}, answer_format: gsm8k}'",
+    )
     ev.add_argument("--n", type=_positive, required=True, metavar="K", help="samples per row")
     ev.add_argument("--out", required=True, metavar="FILE.json", help="report JSON file")
     ev.add_argument(

@@ -1,8 +1,9 @@
-"""``r1kit evaluate``: a model folder and a data file, evaluated on engines of its own.
+"""``r1kit evaluate``: a model and a data set, evaluated on engines of its own.
 
-``evaluate_model`` reads the rows (``rl.data.read_rows``), renders their prompts with the
-model's chat template (``model.chat.ChatFormat``), starts Ray, one vLLM rollout worker sized to
-the longest prompt plus the completion cap, and a reward pool of the accuracy reward, runs
+``evaluate_model`` reads the rows as a recipe's held-out rows are read (``rl.rows.load_rows``:
+any file, folder or hub data set, checked row by row), renders their prompts with the model's
+chat template (``model.chat.ChatFormat``), starts Ray, one vLLM rollout worker sized to the
+longest prompt plus the completion cap, and a reward pool of the accuracy reward, runs
 ``rl.evaluation.evaluate_rows``, writes the report, and stops what it started.
 """
 
@@ -12,20 +13,44 @@ import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import yaml
 from tqdm import tqdm
 
 from rewards import RewardPool
-from rl.data import read_rows
+from rl.config import DataSource
+from rl.config_loader import build
 from rl.errors import ConfigError
 from rl.evaluation import Policy, Sampling, evaluate_rows, vote_key
+from rl.rows import load_rows
+
+
+def data_source(spec: str) -> DataSource:
+    """``--data``: a file, folder or hub data set name, or a YAML mapping of a data source
+    (``rl.config.DataSource``'s keys, as a recipe's ``data.eval``).
+
+    >>> data_source("eval.jsonl").path
+    'eval.jsonl'
+    >>> gsm8k = data_source("{path: openai/gsm8k, name: main, split: test, "
+    ...                     "fields: {prompt: question}, answer_format: gsm8k}")
+    >>> gsm8k.split, gsm8k.fields.prompt, gsm8k.answer_format
+    ('test', 'question', 'gsm8k')
+    """
+    if not spec.lstrip().startswith("{"):
+        return DataSource(path=spec)
+    try:
+        raw = yaml.safe_load(spec)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--data: not a YAML mapping: {e}") from None
+    return build(DataSource, raw, prefix="", source="--data")
 
 
 def evaluate_model(
     model: str | Path,
-    data: str,
+    data: str | DataSource,
     out: str | Path,
     sampling: Sampling,
     *,
@@ -37,12 +62,13 @@ def evaluate_model(
     reward_timeout_s: float = 5.0,
     rollouts: Any = None,
 ) -> dict[str, Any]:
-    """Evaluate the Hugging Face model folder (or .gguf file) ``model`` on ``data`` (what ``rl.data.read_rows``
-    reads: rows of ``{"prompt", "answer", ...}``), write the report (``evaluate_rows``'s, with
-    ``model``, ``data``, ``reward``, ``wall_s``) to ``out`` as JSON and return it. Starts Ray
-    (unless it runs), one vLLM rollout worker (unless ``rollouts``, a running
-    ``RolloutGroup``, is given: the model's weights are loaded into it) and a reward pool of
-    ``reward`` alone; stops what it started."""
+    """Evaluate the Hugging Face model folder (or .gguf file) ``model`` on ``data`` (a
+    ``data_source`` spec or a ``DataSource``: rows of ``{"prompt" or "messages", "answer",
+    ...}``; its first ``limit`` rows), write the report (``evaluate_rows``'s, with ``model``,
+    ``data``, ``reward``, ``wall_s``) to ``out`` as JSON and return it. Starts Ray (unless it
+    runs), one vLLM rollout worker (unless ``rollouts``, a running ``RolloutGroup``, is given:
+    the model's weights are loaded into it) and a reward pool of ``reward`` alone; stops what it
+    started."""
     from transformers import AutoTokenizer
 
     from model.chat import ChatFormat
@@ -57,9 +83,12 @@ def evaluate_model(
         raise ConfigError(
             f"--model {model}: not a Hugging Face model folder (no config.json) nor a .gguf file"
         )
-    rows = read_rows(data, "eval")[:limit]
+    src = data if isinstance(data, DataSource) else data_source(data)
+    if limit is not None:
+        src = replace(src, limit=limit)
+    rows = load_rows(src, "eval", "--data", prompt_template)
     chat = ChatFormat(AutoTokenizer.from_pretrained(model_dir), system_prompt, prompt_template)
-    longest = max(len(_prompt_ids(chat, row, i)) for i, row in enumerate(rows))
+    longest = max(len(chat.prompt_ids(row)) for row in rows)
     tqdm.write(
         f"evaluate {model_dir}: {len(rows)} rows, greedy + {sampling.k} sample(s) per row at "
         f"temperature {sampling.temperature}, reward '{reward}'"
@@ -75,7 +104,7 @@ def evaluate_model(
 
         policy = Policy(generate, chat.scored_text, pool)
         result = evaluate_rows(policy, rows, sampling, vote_key(reward))
-    where = {"model": str(model), "data": str(data), "reward": reward}
+    where = {"model": str(model), "data": src.path or src.reasoning_gym, "reward": reward}
     figures = {k: v for k, v in result.items() if k != "rows"}
     result = {**figures, **where, "wall_s": round(time.time() - t0, 1), "rows": result["rows"]}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -113,13 +142,6 @@ def _engine(model_dir: Path, dtype: str, needed_len: int, rollouts: Any) -> Iter
     finally:
         if own_ray:
             ray.shutdown()
-
-
-def _prompt_ids(chat: Any, row: dict, i: int) -> list[int]:
-    try:
-        return chat.prompt_ids(row)
-    except KeyError as e:
-        raise ConfigError(f"--prompt-template: row {i + 1} has no field {e}") from None
 
 
 def _load_weights(rollouts: Any, model_dir: Path) -> None:

@@ -1,7 +1,7 @@
 r"""Held-out evaluation: greedy pass@1, and pass@k, mean@k and maj@k of k samples per row.
 
-``r1kit evaluate`` (``rl.evaluate_model``: a model folder and a data file, with its own Ray,
-one vLLM rollout worker and a reward pool) and ``r1kit train``'s held-out evaluations
+``r1kit evaluate`` (``rl.evaluate_model``: a model and a data set, with its own Ray, one vLLM
+rollout worker and a reward pool) and ``r1kit train``'s held-out evaluations
 (``evaluate_held_out``, on the run's workers) both run ``evaluate_rows``:
 
 1. one greedy completion per row (temperature 0): **pass@1** is the fraction scored correct;
@@ -171,7 +171,7 @@ def evaluate_batch(
         results.append(
             {
                 "index": start + i,
-                "prompt": row.get("prompt"),
+                "prompt": row.get("prompt", row.get("messages")),
                 "answer": row.get("answer"),
                 "greedy": _entry(greedy[i], greedy_scores[i]),
                 "samples": [

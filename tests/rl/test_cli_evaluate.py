@@ -7,7 +7,8 @@ import pytest
 
 from model import new_policy, save_policy
 from rl.cli import main
-from rl.evaluate_model import evaluate_model
+from rl.errors import ConfigError
+from rl.evaluate_model import data_source, evaluate_model
 from rl.evaluation import Sampling
 from tests.conftest import ALPHABET
 
@@ -59,8 +60,20 @@ def test_a_template_field_the_rows_lack_is_one_clear_line(capsys, tmp_path, data
     argv = ["evaluate", "--model", tiny_policy_dir, "--data", str(data), "--n", "1"]
     argv += ["--prompt-template", "Q: {question}", "--out", str(tmp_path / "x.json")]
     assert main(argv) == 2
-    assert "--prompt-template: row 1 has no field 'question'" in capsys.readouterr().err
+    assert "eval.jsonl:1: prompt_template needs field 'question'" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_data_takes_a_recipes_data_source_keys():
+    src = data_source("{path: rows.parquet, split: test, fields: {answer: label}, limit: 5}")
+    assert (src.path, src.split, src.fields.answer, src.limit) == (
+        "rows.parquet",
+        "test",
+        "label",
+        5,
+    )
+    with pytest.raises(ConfigError, match="--data: unknown key 'pth' \\(did you mean 'path'"):
+        data_source("{pth: rows.jsonl}")
 
 
 def test_n_must_be_positive(capsys, tmp_path):
@@ -137,12 +150,11 @@ def test_the_cli_starts_its_engine_and_writes_the_report(
     assert [r["samples"] for r in shared["rows"]] == [r["samples"] for r in report["rows"]]
     reseeded = evaluate_model(
         tiny_policy_dir,
-        str(data),
+        f"{{path: {data}, limit: 3}}",  # a recipe's data source keys
         tmp_path / "s4.json",
         Sampling(k=4, temperature=1.0, max_new_tokens=8, seed=4),
         reward=REWARD,
         rollouts=rollouts,
-        limit=3,
     )
     assert reseeded["n_rows"] == 3
     assert [r["samples"] for r in reseeded["rows"]] != [r["samples"] for r in report["rows"][:3]]
