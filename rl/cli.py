@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="key=value overrides, e.g. grpo.steps=10")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint")
     add_eval_rewards_parser(sub)
+    add_evaluate_parser(sub)
     check = sub.add_parser("check", help="rollout-vs-learner logprob parity and weight-sync check")
     check.add_argument("--model", required=True, help="a Hugging Face model folder or a preset")
     check.add_argument("--out", required=True, help="report JSON file")
@@ -57,6 +58,44 @@ def add_eval_rewards_parser(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="where bubblewrap cannot run, run code rewards WITHOUT isolation",
     )
+
+
+def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    """`r1kit evaluate`: greedy pass@1, pass@k, mean@k, maj@k of a model (rl/evaluation.py)."""
+    ev = sub.add_parser(
+        "evaluate", help="greedy pass@1 and pass@k / mean@k / maj@k of k samples of a model"
+    )
+    ev.add_argument("--model", required=True, metavar="DIR", help="an HF model folder or .gguf")
+    ev.add_argument(
+        "--data",
+        required=True,
+        metavar="FILE|DATASET",
+        help='rows {"prompt", "answer", ...}: a file, folder, hub name, or a YAML mapping of '
+        "a recipe's data.eval keys, e.g. '{path: openai/gsm8k, name: main, split: test, "
+        "fields: {prompt: question}, answer_format: gsm8k}'",
+    )
+    ev.add_argument("--n", type=_positive, required=True, metavar="K", help="samples per row")
+    ev.add_argument("--out", required=True, metavar="FILE.json", help="report JSON file")
+    ev.add_argument(
+        "--temperature", type=float, default=1.0, metavar="T", help="of the K samples (default 1)"
+    )
+    ev.add_argument("--max-new-tokens", type=_positive, default=64, metavar="M", help="default 64")
+    ev.add_argument("--reward", default="math", metavar="NAME", help="math, code, module:fn")
+    ev.add_argument(
+        "--prompt-template", default="{prompt}", metavar="S", help="user turn: format over fields"
+    )
+    ev.add_argument("--system-prompt", metavar="S", help="a system turn before every prompt")
+    ev.add_argument("--limit", type=_positive, metavar="N", help="the first N rows only")
+    ev.add_argument("--seed", type=int, default=0, metavar="S", help="row i's samples: seed S + i")
+    ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ev.add_argument("--reward-timeout", type=float, default=5.0, metavar="S", help="per completion")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -120,6 +159,43 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from rl.evaluate_model import evaluate_model
+    from rl.evaluation import Sampling
+
+    try:
+        sampling = Sampling(
+            k=args.n,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            batch_rows=max(1, 256 // args.n),  # one engine batch (vLLM's max_num_seqs)
+        )
+    except ValueError as e:
+        raise R1kitError(f"--n/--temperature: {e}") from None
+    report = evaluate_model(
+        args.model,
+        args.data,
+        args.out,
+        sampling,
+        reward=args.reward,
+        prompt_template=args.prompt_template,
+        system_prompt=args.system_prompt,
+        limit=args.limit,
+        dtype=args.dtype,
+        reward_timeout_s=args.reward_timeout,
+    )
+    k = report["k"]
+    print(
+        f"r1kit evaluate {args.model}: {report['n_rows']} rows, pass@1 (greedy) "
+        f"{report['pass@1']:.3f}, pass@{k} {report['pass@k']:.3f}, mean@{k} "
+        f"{report['mean@k']:.3f}, maj@{k} {report['maj@k']:.3f}; reward errors "
+        f"{report['reward_errors']}, timeouts {report['reward_timeouts']}; wall "
+        f"{report['wall_s']:.0f}s; report in {args.out}"
+    )
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from rl.check import check
 
@@ -157,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         commands = {
             "train": cmd_train,
             "eval-rewards": cmd_eval_rewards,
+            "evaluate": cmd_evaluate,
             "check": cmd_check,
             "convert": cmd_convert,
         }

@@ -33,6 +33,7 @@ __all__ = [
     "GRPOConfig",
     "LearnerConfig",
     "LoRAConfig",
+    "LoggingConfig",
     "ModelConfig",
     "MoEConfig",
     "Range",
@@ -41,6 +42,7 @@ __all__ = [
     "RewardsConfig",
     "RolloutConfig",
     "SFTConfig",
+    "WandbConfig",
     "load_recipe",
 ]
 
@@ -262,9 +264,38 @@ class RewardsConfig:
 @dataclass
 class EvalConfig:
     max_new_tokens: PositiveInt = 64
-    """Completion length cap of greedy evaluation."""
+    """Completion length cap of held-out evaluation (greedy and sampled)."""
     limit: PositiveInt | None = None
     """Evaluate on the first `limit` held-out rows only (default: all)."""
+    n: PositiveInt = 1
+    """Samples per held-out row beside the greedy one: with n > 1 each evaluation also reports
+    pass@n (unbiased), mean@n and maj@n (rl/evaluation.py) as `pass@k`, `mean@k`, `maj@k`
+    with `k`; 1: greedy accuracy only."""
+    temperature: PositiveFloat = 1.0
+    """Sampling temperature of those n samples."""
+
+
+@dataclass
+class WandbConfig:
+    project: str | None = None
+    """Weights & Biases project to log metrics rows and sample completions to; null: off.
+    Needs `pip install wandb`."""
+    name: str | None = None
+    """The wandb run's name (default: the recipe's `name`)."""
+    mode: Literal["online", "offline"] = "online"
+    """offline: write under OUT/wandb, for `wandb sync` later."""
+
+
+@dataclass
+class LoggingConfig:
+    tensorboard: bool = True
+    """TensorBoard event files under OUT/tensorboard: every numeric metrics field as a scalar
+    tagged by stage (`grpo/reward_mean`, `eval/grpo/accuracy`) and sample completions as text."""
+    samples: NonNegativeInt = 4
+    """Completions logged as text (prompt, completion, reward) every `log_every` GRPO steps:
+    the first this-many of the batch; also of each held-out evaluation. 0: none."""
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    """Weights & Biases, when its project is set."""
 
 
 @dataclass
@@ -359,7 +390,7 @@ class Recipe:
     seed: NonNegativeInt = 0
     """Seed of data order and learner RNG."""
     log_every: PositiveInt = 10
-    """SFT steps between metrics rows."""
+    """SFT steps between metrics rows, and GRPO steps between logged sample completions."""
     algorithm: Algorithm | None = None
     """A preset of grpo.* keys (rl/presets.py); the recipe's own grpo keys win over it."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -374,6 +405,7 @@ class Recipe:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     moe: MoEConfig = field(default_factory=MoEConfig)
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Recipe:

@@ -27,6 +27,7 @@ import torch
 from rewards import ScoreResult, stats
 from rl.advantages import compute_advantages
 from rl.batch import Batch, make_batch
+from rl.dashboards import grpo_samples
 from rl.data import DataOrder
 from rl.loss_config import LossConfig
 from rl.losses import kl_in_reward, kl_penalty
@@ -72,6 +73,7 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
     start = time.time()
     timing = {"time_generate": 0.0, "time_reward": 0.0, "time_reward_overlapped": 0.0}
     groups, sampling = sample_groups(run, rows, order, step, timing)
+    run.log.write_samples("grpo", step, grpo_samples(run.tokenizer, groups))  # dashboards
 
     batch = make_batch(
         groups.prompts,

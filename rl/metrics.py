@@ -1,11 +1,13 @@
-"""metrics.jsonl (one JSON object per step), the health metrics of GRPO updates, and the
-reward curve plot."""
+"""metrics.jsonl (one JSON object per step) and what its rows show on dashboards, the health
+metrics of GRPO updates, and the reward curve plot."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -14,19 +16,33 @@ from typing import Any
 class MetricsLog:
     """Append-only JSONL; each row is flushed at once so a crash loses nothing written.
 
-    ``keep_rows``: a resumed run first cuts the file back to the rows its checkpoint had
-    seen (rows of steps after it are written again), atomically."""
+    Every row also goes to the ``dashboards`` (``rl.dashboards``: TensorBoard, wandb), and
+    ``write_samples`` hands them sample completions. ``keep_rows``: a resumed run first cuts
+    the file back to the rows its checkpoint had seen (rows of steps after it are written
+    again), atomically, and replays the kept rows into the dashboards."""
 
-    def __init__(self, path: Path, keep_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        keep_rows: int | None = None,
+        dashboards: Sequence[Any] = (),
+        samples: int = 0,
+        samples_every: int = 1,
+    ) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.rows = 0
+        self.dashboards = list(dashboards)
+        self.samples, self.samples_every = samples, samples_every
+        self._last_step: dict[str, int] = {}  # stage -> step of its latest row
         if keep_rows is not None and self.path.is_file():
             kept = self.path.read_text().splitlines(keepends=True)[:keep_rows]
             tmp = self.path.with_suffix(".tmp")
             tmp.write_text("".join(kept))
             tmp.replace(self.path)
             self.rows = len(kept)
+            for line in kept:
+                self._publish(json.loads(line))
         self._file = self.path.open("a")
 
     def write(self, **row) -> None:
@@ -37,9 +53,76 @@ class MetricsLog:
         self._file.write(json.dumps(clean) + "\n")
         self._file.flush()
         self.rows += 1
+        self._publish(clean)
+
+    def write_samples(self, stage: str, step: int | None, samples: Iterable[dict]) -> None:
+        """Hand the first ``self.samples`` of ``samples`` (``{"prompt", "completion",
+        "reward"}``, consumed only if logged: a generator may decode lazily) to the
+        dashboards, at every ``samples_every``-th step; always for ``step`` None (an
+        evaluation, shown at the step of the stage it follows)."""
+        if not self.dashboards or self.samples == 0:
+            return
+        if step is not None and step % self.samples_every:
+            return
+        picked = list(itertools.islice(samples, self.samples))
+        at = self._board_step(stage, step)
+        for board in self.dashboards:
+            board.samples(board_prefix(stage), at, picked)
 
     def close(self) -> None:
         self._file.close()
+        for board in self.dashboards:
+            board.close()
+
+    def _publish(self, row: dict) -> None:
+        stage, step = str(row.get("stage", "")), row.get("step")
+        at = self._board_step(stage, step)
+        if step is not None:
+            self._last_step[stage] = step
+        values = scalar_fields(row)
+        for board in self.dashboards:
+            board.scalars(board_prefix(stage), at, values)
+
+    def _board_step(self, stage: str, step: int | None) -> int:
+        """A row's step; for an evaluation row (no step) the latest step of the stage it
+        evaluates (``eval_sft`` after SFT's last step; ``eval_start``: 0)."""
+        if step is not None:
+            return step
+        return self._last_step.get(stage.removeprefix("eval_"), 0)
+
+
+def board_prefix(stage: str) -> str:
+    """A stage's dashboard tag prefix.
+
+    >>> board_prefix("grpo"), board_prefix("eval_sft")
+    ('grpo', 'eval/sft')
+    """
+    return "eval/" + stage.removeprefix("eval_") if stage.startswith("eval_") else stage
+
+
+def scalar_fields(row: dict) -> dict[str, float]:
+    """The numbers of a metrics row, as dashboard scalars: every int or float field but
+    ``step`` (the x axis), skipping nulls, non-finite values and bools; a dict of numbers
+    becomes one scalar per key (``expert_load_cv/1``: layer 1's); lists are skipped
+    (``expert_load``'s tokens per expert and layer: ``expert_load_cv`` says how even they are).
+
+    >>> scalar_fields({"step": 3, "stage": "grpo", "loss": 0.5, "kl": None, "samples": 32,
+    ...                "expert_load": {"1": [3, 1]}, "expert_load_cv": {"1": 0.5, "2": None}})
+    {'loss': 0.5, 'samples': 32.0, 'expert_load_cv/1': 0.5}
+    """
+    out = {}
+    for key, value in row.items():
+        if key == "step":
+            continue
+        if isinstance(value, dict):
+            out.update({f"{key}/{k}": float(v) for k, v in value.items() if _is_number(v)})
+        elif _is_number(value):
+            out[key] = float(value)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 @dataclass

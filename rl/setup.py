@@ -152,6 +152,7 @@ def start_run(
 ) -> Run:
     from transformers import AutoTokenizer
 
+    from rl.dashboards import run_log
     from rollouts import RolloutGroup
 
     t0 = time.time()
@@ -201,7 +202,7 @@ def start_run(
         rollouts,
         pool,
         accuracy_pool,
-        MetricsLog(out / "metrics.jsonl", keep_rows=metrics_rows),
+        run_log(recipe, out, keep_rows=metrics_rows),  # metrics.jsonl, TensorBoard, wandb
         own_rollouts=own_rollouts,
     )
     if not own_rollouts:

@@ -36,14 +36,16 @@ from rl.data import (
     write_rows,
 )
 from rl.errors import ConfigError
+from rl.evaluation import evaluate_held_out
 from rl.grpo import grpo_step
 from rl.metrics import plot_reward_curve
 from rl.progress import StepProgress
 from rl.schedule import lr_at
 from rl.setup import Run, import_object, start_run
 
-# Recipe sections a resumed run may change: where the cluster is, how often to checkpoint.
-RESUME_MAY_CHANGE = ("ray.", "checkpoint.")
+# Recipe sections a resumed run may change: where the cluster is, how often to checkpoint,
+# where metrics are shown.
+RESUME_MAY_CHANGE = ("ray.", "checkpoint.", "logging.")
 
 
 def train(recipe: Recipe, out: Path, rollouts=None, resume: bool = False) -> dict:
@@ -229,22 +231,6 @@ def _maybe_checkpoint(
 
 
 def evaluate(run: Run, rows: list[dict], stage: str) -> dict:
-    """Greedy pass@1 on the held-out rows, scored by the accuracy reward."""
-    limit = run.recipe.eval.limit
-    rows = rows[:limit] if limit else rows
-    completions = run.generate(
-        rows, n=1, temperature=0.0, max_tokens=run.recipe.eval.max_new_tokens
-    )
-    scored = run.accuracy_pool.score([run.chat.scored_text(c.text) for c in completions], rows)
-    correct = sum(s.reward >= 1.0 for s in scored)
-    result = {"accuracy": correct / len(rows), "n": len(rows)}
-    run.log.write(step=None, stage=f"eval_{stage}", **result)
-    samples = [
-        {"prompt": r["prompt"], "answer": r["answer"], "completion": c.text, "reward": s.reward}
-        for r, c, s in zip(rows, completions, scored, strict=True)
-    ]
-    write_rows(run.out / f"eval_{stage}.jsonl", samples)
-    tqdm.write(
-        f"held-out accuracy after {stage.upper()}: {result['accuracy']:.3f} ({correct}/{len(rows)})"
-    )
-    return result
+    """Held-out evaluation after ``stage``: greedy pass@1 as ``accuracy`` (and, with eval.n > 1,
+    pass@n, mean@n, maj@n); ``rl.evaluation.evaluate_held_out`` says what it writes."""
+    return evaluate_held_out(run, rows, stage)

@@ -218,6 +218,10 @@ RULES = [
     (["eval.limit=0"], "key 'eval.limit' must be >= 1 or null, got 0"),
     (["eval.limit=1"], None),
     (["eval.limit=null"], None),
+    (["eval.n=0"], "key 'eval.n' must be >= 1, got 0"),
+    (["eval.n=8"], None),
+    (["eval.temperature=0"], "key 'eval.temperature' must be > 0, got 0"),
+    (["eval.temperature=0.6"], None),
     # -- rollout
     (["rollout.kv_cache_gib=0"], "key 'rollout.kv_cache_gib' must be >= 1, got 0"),
     (["rollout.max_model_len=0"], "key 'rollout.max_model_len' must be >= 1, got 0"),
@@ -259,6 +263,11 @@ RULES = [
     (["checkpoint.every=0"], None),
     (["checkpoint.keep_last=0"], "key 'checkpoint.keep_last' must be >= 1, got 0"),
     (["checkpoint.keep_last=1"], None),
+    # -- logging
+    (["logging.samples=-1"], "key 'logging.samples' must be >= 0, got -1"),
+    (["logging.samples=0"], None),
+    (["logging.wandb.mode=cloud"], "key 'logging.wandb.mode' must be one of ['offline', 'online'], got 'cloud'"),
+    (["logging.wandb.mode=offline"], None),
 ]  # fmt: skip
 
 
