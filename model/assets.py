@@ -89,6 +89,11 @@ def smollm2(dtype: str = "float32") -> Path:
     return out
 
 
+PRETRAINED = {"smollm2-135m-instruct": smollm2}
+"""Names a recipe's ``model.path`` (and ``--model`` options) may give instead of a folder:
+each fetches and converts its model once, in the recipe's dtype."""
+
+
 def llama_cpp_models() -> Path:
     """``vendor/llama.cpp/models`` of the llama-cpp-python sdist: GGUF vocabularies and chat
     templates (extracted once, ~75 MB)."""

@@ -34,8 +34,11 @@ PROBE_ALPHABET = "0123456789+-*/=() abcdefghijklmnopqrstuvwxyz?."
 def resolve_model(model: str, workdir: Path) -> Path:
     """A Hugging Face folder, or a preset built from scratch (seed 0) into ``workdir``."""
     from model import PRESETS, new_policy, save_policy
+    from model.assets import PRETRAINED
 
-    path = Path(model)
+    if model.lower() in PRETRAINED:
+        return PRETRAINED[model.lower()]()
+    path = Path(model).expanduser()
     if (path / "config.json").is_file():
         return path
     if path.suffix == ".gguf" and path.is_file():
@@ -120,8 +123,11 @@ def run_check(
     samples: int = 4,
     max_tokens: int = 32,
     break_sync: tuple[str, ...] = (),
+    folder: str | None = None,
 ) -> dict:
-    """The parity report of ``rollout`` (a VLLMEngine actor) against ``learner``: see above."""
+    """The parity report of ``rollout`` (a VLLMEngine actor) against ``learner``: see above.
+    ``folder``: the sync goes through bucket files written there (shared memory) instead of
+    Ray's object store."""
     batch = probe_batch(rollout, tokenizer, prompts, samples, max_tokens, seed=0)
     sampled = _learner_vs(learner, batch, batch.rollout_logprobs)
     # old logprobs come from one forward over the batch, the update from training
@@ -134,7 +140,7 @@ def run_check(
     learner.configure_optimizer(1e-2)
     learner.sft_step(batch, lr=1e-2, micro_batch_size=64)
     t0 = time.time()
-    blob = learner.export_weights(exclude=break_sync)
+    blob = learner.export_weights(exclude=break_sync, folder=folder)
     ray.get(rollout.update_weights.remote(blob))
     sync_s = time.time() - t0
     after = _learner_vs(learner, batch, _engine_scores(rollout, batch))
@@ -150,6 +156,7 @@ def run_check(
         "tokens": int(sampled.numel()),
         "sync_seconds": round(sync_s, 3),
         "dtype": dtype,
+        "transport": "object_store" if folder is None else "shared_memory",
     }
     failures = [
         f"logprob |diff| {k} {report['logprob_abs_diff'][k]:.3g} > {limits[k]:g}"
@@ -176,10 +183,15 @@ def check(
     world_size: int = 2,
     break_sync: tuple[str, ...] = (),
     rollout: Any = None,
+    transport: str = "auto",
 ) -> dict:
-    """Start what the check needs (Ray, learner ranks, a vLLM worker), run it, write ``out``."""
+    """Start what the check needs (Ray, learner ranks, a vLLM worker), run it, write ``out``.
+    ``transport``: how the checked sync travels (rollout.sync_transport's choices)."""
+    import shutil
+
     from transformers import AutoTokenizer
 
+    from rl.setup import sync_folder
     from rollouts import RolloutGroup
 
     with tempfile.TemporaryDirectory(prefix="r1kit-check-") as workdir:
@@ -192,11 +204,17 @@ def check(
             group = RolloutGroup(str(model_dir), 1, dtype=dtype, max_model_len=128)
             rollout = group.workers[0]
         learner = LearnerGroup(str(model_dir), world_size, dtype=dtype)
+        engine_node = rollout.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+        folder = sync_folder(transport, [learner.node_id(), ray.get(engine_node)])
         try:
             if group is None:  # a shared engine may hold anything: give it this model's weights
                 ray.get(rollout.update_weights.remote(learner.export_weights()))
-            report = run_check(rollout, learner, tokenizer, dtype=dtype, break_sync=break_sync)
+            report = run_check(
+                rollout, learner, tokenizer, dtype=dtype, break_sync=break_sync, folder=folder
+            )
         finally:
+            if folder is not None:
+                shutil.rmtree(folder, ignore_errors=True)
             learner.shutdown()
             if group is not None:
                 group.shutdown()

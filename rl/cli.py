@@ -25,6 +25,12 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     check.add_argument("--world-size", type=int, default=2, help="learner ranks (FSDP2)")
     check.add_argument(
+        "--transport",
+        default="auto",
+        choices=["auto", "shared_memory", "object_store"],
+        help="how the checked weight sync travels (default: shared memory on one machine)",
+    )
+    check.add_argument(
         "--break-sync",
         action="append",
         default=[],
@@ -206,6 +212,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             world_size=args.world_size,
             break_sync=tuple(args.break_sync),
+            transport=args.transport,
         )
     except ValueError as e:
         raise R1kitError(str(e)) from None

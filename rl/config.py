@@ -70,7 +70,9 @@ class ModelConfig:
     preset: str | None = "tiny-dsv3"
     """Named preset trained from scratch (see model/presets.py); ignored when `path` is set."""
     path: str | None = None
-    """A local Hugging Face model folder (an r1kit checkpoint, Qwen2.5, ...) to start from."""
+    """Where the policy starts: a local Hugging Face folder (an r1kit checkpoint, Qwen2.5, ...),
+    a ``.gguf`` file (converted once), or a pretrained model r1kit fetches by name
+    (``smollm2-135m-instruct``, model/assets.py)."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Weights' dtype in the learner and the rollout engine."""
     init_seed: NonNegativeInt = 0
@@ -315,6 +317,10 @@ class RolloutConfig:
     """Ray placement-group strategy of the workers."""
     threads: PositiveInt | None = None
     """OpenMP threads of each engine on CPU (default: the machine's cores / workers)."""
+    sync_transport: Literal["auto", "shared_memory", "object_store"] = "auto"
+    """How synced weights reach the engines: bucket files in shared memory (/dev/shm) when
+    the learner's rank 0 and the engines share the driver's machine, else Ray's object store
+    (auto); or one of the two by name."""
     sync_bucket_mb: PositiveFloat = 256
     """Weight sync: the learner's weights travel in buckets of about this size (cut between
     layers), reloaded one by one: the engine's worker process holds one bucket at a time

@@ -9,8 +9,9 @@
    masked out of the loss (they still count in their group's baseline).
 3. ``compute_advantages`` per group; ``update_policy``: ``epochs`` passes over the batch, each
    ``mini_batches`` optimizer steps, with old logprobs from the learner or the rollout.
-4. The learner's weights go to the rollout workers (one gather, buckets through the object
-   store once, whatever the number of workers).
+4. The learner's weights go to the rollout workers (one gather; buckets in shared memory,
+   or through the object store once, whatever the number of workers); a step that took no
+   optimizer step (every group's rewards equal) has nothing to sync.
 
 Everything random in a step is a function of the step number (sampling seeds, shuffles), and
 prompts come from a ``DataOrder`` whose position is checkpointed: a resumed run repeats the
@@ -93,7 +94,8 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
     timing["time_learner"] = time.time() - t0
 
     t0 = time.time()
-    sync = run.sync_weights()
+    # no optimizer step (every group's rewards equal): the engines hold these weights already
+    sync = run.sync_weights() if update["optimizer_steps"] else {"sync_bytes": 0, "sync_buckets": 0}
     timing["time_sync"] = time.time() - t0
     step_time = time.time() - start
     return {

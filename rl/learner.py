@@ -347,10 +347,15 @@ class LearnerRank:
         return state
 
     def export_weights(
-        self, exclude: tuple[str, ...] = (), bucket_mb: float = 256, full: bool = False
-    ) -> list[bytes] | None:
+        self,
+        exclude: tuple[str, ...] = (),
+        bucket_mb: float = 256,
+        full: bool = False,
+        folder: str | None = None,
+    ) -> list[bytes] | list[str] | None:
         """All ranks gather (once); rank 0 returns the weights in vLLM's checkpoint naming as
-        safetensors buckets of about ``bucket_mb`` MB, cut between layers. ``exclude``: leave
+        safetensors buckets of about ``bucket_mb`` MB, cut between layers: blobs, or files
+        written to ``folder`` (shared memory, for engines on this machine). ``exclude``: leave
         out tensors whose name contains one of these (a deliberately broken sync, to test
         ``r1kit check``). ``full``: every weight even with LoRA (an engine holding anything)."""
         from model import to_vllm_weights
@@ -364,9 +369,11 @@ class LearnerRank:
         if self.lora and not full:  # only adapted weights (and buffers) change: sync those
             state = {k: v for k, v in state.items() if k in self._lora_synced}
         kept = [(k, v) for k, v in state.items() if not any(part in k for part in exclude)]
-        buckets = pack_buckets(to_vllm_weights(kept), int(bucket_mb * 2**20))
+        buckets = pack_buckets(to_vllm_weights(kept), int(bucket_mb * 2**20), folder)
         self.last_export = {
-            "sync_bytes": sum(map(len, buckets)),
+            "sync_bytes": sum(
+                len(b) if isinstance(b, bytes) else os.path.getsize(b) for b in buckets
+            ),
             "sync_buckets": len(buckets),
             "sync_gather_rank_s": gathered - t0,
             "sync_pack_s": time.perf_counter() - gathered,

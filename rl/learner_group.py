@@ -173,16 +173,28 @@ class LearnerGroup:
         return metrics
 
     def export_weights(
-        self, exclude: tuple[str, ...] = (), bucket_mb: float = 256, full: bool = False
+        self,
+        exclude: tuple[str, ...] = (),
+        bucket_mb: float = 256,
+        full: bool = False,
+        folder: str | None = None,
     ) -> ray.ObjectRef:
         """Gather once; an ObjectRef to rank 0's list of weight buckets (ship it to rollout
-        workers: it goes through the object store once, whatever their number)."""
-        refs = [r.export_weights.remote(exclude, bucket_mb, full) for r in self.ranks]
+        workers: it goes through the object store once, whatever their number), or of the
+        paths of bucket files written to ``folder``."""
+        refs = [r.export_weights.remote(exclude, bucket_mb, full, folder) for r in self.ranks]
         ray.wait(refs, num_returns=len(refs), timeout=TIMEOUT_S)
         return refs[0]
 
     def update_router_bias(self, load: dict[int, list[int]], rate: float) -> None:
         self._all("update_router_bias", {k: torch.tensor(v) for k, v in load.items()}, rate)
+
+    def node_id(self) -> str:
+        """The Ray node rank 0 runs on (where weight exports are written)."""
+        return ray.get(
+            self.ranks[0].__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()),
+            timeout=TIMEOUT_S,
+        )
 
     def last_export_size(self) -> dict[str, int]:
         return ray.get(self.ranks[0].last_export_size.remote(), timeout=TIMEOUT_S)

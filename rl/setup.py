@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -38,6 +40,8 @@ class Run:
     log: MetricsLog
     own_rollouts: bool = True
     wall_offset: float = 0.0  # wall seconds of earlier sessions of a resumed run - start time
+    sync_folder: str | None = None  # shared memory for weight syncs; None: Ray's object store
+    _syncs: int = 0
 
     @property
     def pad_id(self) -> int:
@@ -60,16 +64,23 @@ class Run:
 
     def sync_weights(self, full: bool = False) -> dict[str, int]:
         """Learner -> rollout workers: one gather on the learner, buckets of about
-        ``rollout.sync_bucket_mb`` through Ray's object store (once, for all workers),
-        reloaded one by one. With LoRA only the adapted weights move, unless ``full`` (an
-        engine that may hold other weights). Returns the sync's bytes and buckets, and its
-        seconds in the learner (gather and pack) and in the engines (transfer and reload)."""
+        ``rollout.sync_bucket_mb`` (files in shared memory when learner and engines share a
+        machine, else through Ray's object store once, for all workers), reloaded one by one.
+        With LoRA only the adapted weights move, unless ``full`` (an engine that may hold
+        other weights). Returns the sync's bytes and buckets, and its seconds in the learner
+        (gather and pack) and in the engines (transfer and reload)."""
         t0 = time.time()
+        folder = None
+        if self.sync_folder is not None:
+            self._syncs += 1
+            folder = os.path.join(self.sync_folder, str(self._syncs))
         buckets = self.learner.export_weights(
-            bucket_mb=self.recipe.rollout.sync_bucket_mb, full=full
+            bucket_mb=self.recipe.rollout.sync_bucket_mb, full=full, folder=folder
         )
         t1 = time.time()
         self.rollouts.update_weights(buckets)
+        if folder is not None:  # the engines hold these weights now: the previous files go
+            shutil.rmtree(os.path.join(self.sync_folder, str(self._syncs - 1)), ignore_errors=True)
         return {
             **self.learner.last_export_size(),
             "sync_gather_s": t1 - t0,
@@ -77,6 +88,8 @@ class Run:
         }
 
     def close(self) -> None:
+        if self.sync_folder is not None:
+            shutil.rmtree(self.sync_folder, ignore_errors=True)
         self.pool.close()
         self.accuracy_pool.close()
         self.learner.shutdown()
@@ -101,7 +114,11 @@ def initial_policy(recipe: Recipe, out: Path, data: dict[str, list[dict]]) -> Pa
     from model.tokenizer import THINK_TOKENS
 
     if recipe.model.path:
-        path = Path(recipe.model.path)
+        from model.assets import PRETRAINED
+
+        if recipe.model.path.lower() in PRETRAINED:
+            return PRETRAINED[recipe.model.path.lower()](recipe.model.dtype)
+        path = Path(recipe.model.path).expanduser()
         if path.suffix == ".gguf":
             from model.gguf import converted
 
@@ -205,6 +222,8 @@ def start_run(
         run_log(recipe, out, keep_rows=metrics_rows),  # metrics.jsonl, TensorBoard, wandb
         own_rollouts=own_rollouts,
     )
+    nodes = [learner.node_id(), *rollouts.node_ids()]
+    run.sync_folder = sync_folder(recipe.rollout.sync_transport, nodes)
     if not own_rollouts:
         run.sync_weights(full=True)  # shared engines may hold anything: all the learner's weights
     try:
@@ -218,6 +237,26 @@ def start_run(
         f"max {parity['max']:.1e} (ok)"
     )
     return run
+
+
+def sync_folder(transport: str, node_ids: list[str]) -> str | None:
+    """Where weight syncs are written: a fresh folder in shared memory (/dev/shm) when the
+    learner's rank 0 and every rollout worker run on this machine (one write, no copies
+    through Ray's object store: 538 MB took ~0.3 s against ~2.9 s here), else None (Ray's
+    object store, which also crosses machines). ``transport``: auto, shared_memory or
+    object_store (rollout.sync_transport); ``node_ids``: the Ray nodes of the learner's
+    rank 0 and of every engine."""
+    if transport == "object_store":
+        return None
+    local = set(node_ids) == {ray.get_runtime_context().get_node_id()}
+    shm = "/dev/shm"
+    usable = local and os.path.isdir(shm) and os.access(shm, os.W_OK)
+    if transport == "shared_memory" and not usable:
+        raise ConfigError(
+            "recipe key 'rollout.sync_transport': shared_memory needs the learner's rank 0 "
+            "and every rollout worker on the driver's machine, and a writable /dev/shm"
+        )
+    return tempfile.mkdtemp(prefix="r1kit-sync-", dir=shm) if usable else None
 
 
 def print_plan(run: Run, model_dir: Path, setup_s: float) -> None:
@@ -257,7 +296,8 @@ def print_plan(run: Run, model_dir: Path, setup_s: float) -> None:
         f"  {_lora_plan(r)}\n"
         f"  rewards {r.rewards.weights}, accuracy by '{r.rewards.accuracy}'; "
         f"checkpoints every {r.checkpoint.every or 'stage end'} step(s), "
-        f"last {r.checkpoint.keep_last} kept"
+        f"last {r.checkpoint.keep_last} kept\n"
+        f"  weight sync: {'shared memory (' + run.sync_folder + ')' if run.sync_folder else 'Ray object store'}"
     )
 
 

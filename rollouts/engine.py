@@ -21,10 +21,10 @@ from rollouts.types import Completion
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
 
-def _reload(worker, blob: bytes) -> int:  # runs inside vLLM's worker process
-    from safetensors.torch import load
+def _reload(worker, blob: bytes | str) -> int:  # runs inside vLLM's worker process
+    from safetensors.torch import load, load_file
 
-    named = load(blob)
+    named = load_file(blob) if isinstance(blob, str) else load(blob)
     worker.model_runner.reload_weights(weights_iterator=iter(named.items()))
     model = worker.model_runner.get_model()
     _repack_cpu_experts(model, named)
@@ -121,9 +121,13 @@ def _layer_of(name: str) -> str:
     return ".".join(parts[:3]) if parts[:2] == ["model", "layers"] else name
 
 
-def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -> list[bytes]:
-    """Serialise ``(name, tensor)`` pairs into safetensors blobs of about ``bucket_bytes``
-    each, cut only between layers (a layer larger than the bound is one bucket)."""
+def pack_buckets(
+    named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int, folder: str | None = None
+) -> list[bytes] | list[str]:
+    """Serialise ``(name, tensor)`` pairs into safetensors buckets of about ``bucket_bytes``
+    each, cut only between layers (a layer larger than the bound is one bucket): blobs to ship
+    through Ray's object store, or, with ``folder`` (on a tmpfs such as /dev/shm: memory, no
+    disk), files written there whose paths an engine on the same machine reads."""
     buckets: list[list[tuple[str, torch.Tensor]]] = [[]]
     size, unit = 0, None
     for name, tensor in named:
@@ -133,7 +137,18 @@ def pack_buckets(named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int) -
             size = 0
         buckets[-1].append((name, tensor))
         size, unit = size + nbytes, _layer_of(name)
-    return [pack_weights(bucket) for bucket in buckets if bucket]
+    buckets = [bucket for bucket in buckets if bucket]
+    if folder is None:
+        return [pack_weights(bucket) for bucket in buckets]
+    from safetensors.torch import save_file
+
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, bucket in enumerate(buckets):
+        path = str(Path(folder) / f"bucket-{i:04d}.safetensors")
+        save_file({k: v.detach().contiguous() for k, v in bucket}, path)
+        paths.append(path)
+    return paths
 
 
 def _sampled_logprobs(sample) -> list[float]:
@@ -260,11 +275,11 @@ class VLLMEngine:
             for out, seq, p in zip(outs, sequences, prompt_lens, strict=True)
         ]
 
-    def update_weights(self, blobs: bytes | Sequence[bytes]) -> int:
-        """Load new weights in place from ``pack_weights`` / ``pack_buckets`` blobs (checkpoint
-        names, any subset of the model's tensors), one bucket at a time; returns the number
-        of tensors loaded."""
-        if isinstance(blobs, bytes):
+    def update_weights(self, blobs: bytes | str | Sequence[bytes] | Sequence[str]) -> int:
+        """Load new weights in place from ``pack_weights`` / ``pack_buckets`` blobs or bucket
+        files (checkpoint names, any subset of the model's tensors), one bucket at a time;
+        returns the number of tensors loaded."""
+        if isinstance(blobs, bytes | str):
             blobs = [blobs]
         return sum(sum(self.llm.collective_rpc(_reload, args=(blob,))) for blob in blobs)
 

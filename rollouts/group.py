@@ -171,8 +171,9 @@ class RolloutGroup:
         return [c for part in results for c in part]
 
     def update_weights(self, buckets: ray.ObjectRef | bytes | Sequence[bytes]) -> list[int]:
-        """Load the same weights into every worker (an ObjectRef to ``pack_buckets`` blobs,
-        as the learner exports them, or the blobs); returns the tensors loaded per worker.
+        """Load the same weights into every worker (an ObjectRef to ``pack_buckets`` blobs or
+        bucket file paths, as the learner exports them, or those); returns the tensors loaded
+        per worker. Bucket files must stay until the next sync (a replacement reads them).
 
         Every sync is taken to be the full state (as the trainer's are): the group keeps a
         reference to the latest one only (one copy in Ray's object store), and a replacement
@@ -186,6 +187,14 @@ class RolloutGroup:
         )
         self._weights = ref
         return loaded
+
+    def node_ids(self) -> list[str]:
+        """The Ray node each worker runs on."""
+        return self._fan_out(
+            lambda _, w: w.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()),
+            self.num_workers,
+            restore_weights=False,
+        )
 
     def fingerprints(self) -> list[dict[str, str]]:
         """Every worker's ``VLLMEngine.fingerprint()`` (equal dicts: bit-identical weights)."""
