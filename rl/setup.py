@@ -125,6 +125,8 @@ def initial_policy(recipe: Recipe, out: Path, data: dict[str, list[dict]]) -> Pa
             if not path.is_file():
                 raise ConfigError(f"recipe key 'model.path': GGUF file not found: {path}")
             return converted(path, recipe.model.dtype)
+        if not (path / "config.json").is_file() and _hub_name(recipe.model.path):
+            return _from_hub(recipe.model.path)
         if not (path / "config.json").is_file():
             raise ConfigError(
                 f"recipe key 'model.path': {path} is not a Hugging Face model folder "
@@ -144,6 +146,34 @@ def initial_policy(recipe: Recipe, out: Path, data: dict[str, list[dict]]) -> Pa
         recipe.model.preset, "".join(sorted(set(text))), seed=recipe.model.init_seed
     )
     return save_policy(model, tokenizer, out / "checkpoints" / "init")
+
+
+def _hub_name(name: str) -> bool:
+    """``org/model`` that is not a local path: a Hugging Face hub repository."""
+    parts = name.split("/")
+    return (
+        len(parts) == 2
+        and all(parts)
+        and not name.startswith((".", "~"))
+        and not Path(name).exists()
+    )
+
+
+def _from_hub(name: str) -> Path:
+    """A hub model's local snapshot (downloaded once into the Hugging Face cache)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(
+            snapshot_download(
+                name, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.jinja", "*.model"]
+            )
+        )
+    except Exception as e:  # offline, unknown repository, gated model: say which, stop
+        raise ConfigError(
+            f"recipe key 'model.path': {name!r} is no local folder and could not be fetched "
+            f"from the Hugging Face hub ({type(e).__name__}: {str(e)[:200]})"
+        ) from None
 
 
 def start_ray(recipe: Recipe) -> None:

@@ -1,6 +1,7 @@
 """A real GGUF model (SmolLM2-135M-Instruct, Q4_1) to an HF folder: `r1kit convert` and
 ``model.path: FILE.gguf``."""
 
+import os
 import subprocess
 import sys
 
@@ -56,3 +57,19 @@ def test_bad_gguf_paths_are_one_clear_error(tmp_path):
     recipe = load_recipe("recipes/demo.yaml", [f"model.path={tmp_path / 'missing.gguf'}"])
     with pytest.raises(ConfigError, match="model.path': GGUF file not found"):
         initial_policy(recipe, tmp_path, {})
+
+
+def test_a_hub_model_name_offline_is_one_clear_error(tmp_path):
+    code = (
+        "from pathlib import Path\n"
+        "from rl.config import load_recipe\n"
+        "from rl.setup import initial_policy\n"
+        "r = load_recipe('recipes/gsm8k_qwen2.5_0.5b.yaml')\n"
+        f"initial_policy(r, Path({str(tmp_path)!r}), {{}})\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode != 0
+    assert (
+        "'Qwen/Qwen2.5-0.5B-Instruct' is no local folder and could not be fetched" in result.stderr
+    )
