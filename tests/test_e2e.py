@@ -164,7 +164,7 @@ def test_dapo_with_kl_mismatch_correction_and_mini_batches(rollouts, tiny_policy
         4,
         "algorithm=dapo",
         "sft.steps=30",
-        "grpo.overlong_buffer=4",  # until the dapo preset sets one; the checks read the recipe
+        "grpo.overlong_buffer=4",  # the preset would set max_new_tokens // 5; checks read the recipe
         "grpo.mini_batches=2",
         "grpo.kl_coef=0.05",
         "grpo.mismatch_correction=token",
