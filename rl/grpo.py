@@ -75,6 +75,10 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
     timing = {"time_generate": 0.0, "time_reward": 0.0, "time_reward_overlapped": 0.0}
     groups, sampling = sample_groups(run, rows, order, step, timing)
     run.log.write_samples("grpo", step, grpo_samples(run.tokenizer, groups))  # dashboards
+    # of the batch trained on: 0 once dynamic sampling kept groups
+    sampling["batch_zero_variance_frac"] = float(
+        _zero_variance(groups.rewards, cfg.group_size).float().mean()
+    )
 
     batch = make_batch(
         groups.prompts,
@@ -87,6 +91,8 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
     if cfg.mask_truncated:
         truncated = torch.tensor([c.truncated for c in groups.completions])
         batch.loss_mask[truncated] = 0.0
+        # rows the loss no longer sees (every truncated one, if the masking took)
+        shaping["rows_masked_truncated"] = int((batch.loss_mask.sum(1) == 0).sum())
 
     t0 = time.time()
     lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.lr_schedule)
@@ -139,9 +145,11 @@ def shape_rewards(run: Run, groups: Groups, batch: Batch) -> tuple[torch.Tensor,
         per_token = kl_penalty(batch.rollout_logprobs, batch.ref_logprobs, cfg.kl_estimator)
         metrics["kl"] = float(per_token[mask].mean()) if mask.any() else 0.0
         if cfg.kl_in == "reward":
-            rewards -= cfg.kl_coef * kl_in_reward(
+            kl_cost = cfg.kl_coef * kl_in_reward(
                 batch.rollout_logprobs, batch.ref_logprobs, batch.loss_mask, cfg.kl_estimator
             )
+            rewards -= kl_cost
+            metrics["kl_reward_mean"] = float(kl_cost.mean())
     return rewards, metrics
 
 
@@ -253,6 +261,10 @@ def update_policy(run: Run, batch: Batch, lr: float, step: int) -> dict:
                 run.learner.grpo_step(batch.select(rows), lr, learner_cfg.micro_batch_size, loss)
             )
     metrics = combine_updates(updates, cfg.mini_batches)
+    # max |ratio - 1| of each optimizer step, in order (epoch-major)
+    metrics["ratio_dev_by_update"] = [
+        max(u["ratio_max"] - 1, 1 - u["ratio_min"]) for u in updates if u["rows_learned"]
+    ]
     loads = [u["expert_load"] for u in updates[: cfg.mini_batches] if "expert_load" in u]
     if loads:  # a MoE policy: each row's routing once (the first pass)
         metrics.update(expert_load_summary(loads))

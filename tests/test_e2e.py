@@ -12,6 +12,8 @@ A stale tensor family (experts, kv_b_proj) or a mis-rotated query costs 1e-2 to 
 """
 
 import json
+import math
+import statistics
 
 import pytest
 import ray
@@ -114,6 +116,45 @@ def test_sft_then_grpo_end_to_end(rollouts, rollout_worker, tiny_policy_dir, tmp
     assert moved.mean() > 1e-2, moved.mean()
 
 
+def grpo_rows(out):
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if r["stage"] == "grpo"]
+
+
+def check_dynamic_sampling(r, cfg):
+    """A step's sampling figures against rl/grpo.py's sample_groups: the first round's
+    zero-variance groups are dropped and each refill round draws prompts_per_step more prompts
+    until prompts_per_step groups with differing rewards are kept (or the rounds run out)."""
+    p, g, rounds = cfg.prompts_per_step, cfg.group_size, r["refill_rounds"]
+    assert r["prompts_sampled"] == p * (1 + rounds), r
+    # a refill runs exactly when the first round lost a group (zero_variance_frac is of it)
+    assert (rounds > 0) == (r["zero_variance_frac"] > 0), r
+    assert 0 <= r["groups_kept"] <= p and 0 <= rounds <= cfg.max_refill_rounds, r
+    if rounds < cfg.max_refill_rounds:  # stopped early: because the batch was full
+        assert r["groups_kept"] == p, r
+    # the batch that trained: the kept groups, all with differing rewards (or, when none was
+    # kept, the first round's, all without)
+    assert r["samples"] == (r["groups_kept"] or p) * g, r
+    assert r["batch_zero_variance_frac"] == (0.0 if r["groups_kept"] else 1.0), r
+
+
+def overlong_bounds(r, cfg):
+    """Bounds on the batch's mean overlong penalty from its logged lengths.
+
+    Per completion of L tokens the penalty is -p g(L), g(L) = max(0, L - (M - b)) / b for
+    L <= M (rewards/shaping.py; M max_new_tokens, b overlong_buffer, p overlong_penalty). A
+    truncated completion has L = M: g = 1, the full penalty. g is convex with g(0) = 0,
+    g(M) = 1, so g(L) <= L / M (the chord): mean g <= len_mean / M. With t the truncated
+    fraction, the others have mean length n = (len_mean - t M) / (1 - t) and, by Jensen,
+    mean g >= g(n): mean g >= t + (1 - t) g(n). So
+        -p len_mean / M <= overlong_penalty_mean <= -p (t + (1 - t) g(n)) <= -p t."""
+    m, b, p = cfg.max_new_tokens, cfg.overlong_buffer, cfg.overlong_penalty
+    t, mean_len = r["truncation_rate"], r["response_len_mean"]
+    n = (mean_len - t * m) / (1 - t) if t < 1 else m
+    g_n = max(0.0, n - (m - b)) / b
+    return -p * mean_len / m, -p * (t + (1 - t) * g_n)
+
+
 def test_dapo_with_kl_mismatch_correction_and_mini_batches(rollouts, tiny_policy_dir, tmp_path):
     """The GRPO family's switches together on the real stack: the dapo preset (dynamic
     sampling, clip-higher, truncation masking), a KL loss against the frozen start policy,
@@ -123,38 +164,105 @@ def test_dapo_with_kl_mismatch_correction_and_mini_batches(rollouts, tiny_policy
         4,
         "algorithm=dapo",
         "sft.steps=30",
-        "grpo.overlong_buffer=4",
+        "grpo.overlong_buffer=4",  # the preset would set max_new_tokens // 5; checks read the recipe
         "grpo.mini_batches=2",
         "grpo.kl_coef=0.05",
         "grpo.mismatch_correction=token",
         "moe.bias_update_rate=0.01",
     )
-    assert recipe.grpo.dynamic_sampling and recipe.grpo.clip_high == 0.28
+    cfg = recipe.grpo
+    assert cfg.dynamic_sampling and cfg.clip_high == 0.28 and cfg.mask_truncated
     train(recipe, tmp_path, rollouts=rollouts)
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    grpo = [r for r in rows if r["stage"] == "grpo"]
+    grpo = grpo_rows(tmp_path)
     assert [r["step"] for r in grpo] == [1, 2, 3]
     for r in grpo:
-        assert 0 <= r["zero_variance_frac"] <= 1 and 0 <= r["refill_rounds"] <= 3
-        assert r["prompts_sampled"] == 8 * (1 + r["refill_rounds"])
-        assert r["kl"] >= 0 and r["overlong_penalty_mean"] <= 0
+        check_dynamic_sampling(r, cfg)
+        # every truncated completion of the batch is out of the loss, and nothing else is
+        assert r["rows_masked_truncated"] == round(r["truncation_rate"] * r["samples"]), r
+        low, high = overlong_bounds(r, cfg)
+        assert low - 1e-6 <= r["overlong_penalty_mean"] <= high + 1e-6, (low, high, r)
     learned = [r for r in grpo if r["rows_learned"]]
-    assert learned, "no learning signal in the test"
     for r in learned:
-        assert r["optimizer_steps"] <= 2 and r["is_weight_mean"] > 0 and r["kl_loss"] >= 0
+        # with a KL loss every row is in the loss, so both mini-batches step
+        assert r["optimizer_steps"] == cfg.mini_batches == 2, r
+        # weights min(pi_learner / pi_rollout, cap) on tokens where the two agree to the
+        # module's tolerances (mean |log diff| < 1e-4, max < 1e-3): ~1, none capped
+        assert abs(r["is_weight_mean"] - 1) < 1e-4 and r["is_weight_max"] < 1 + 1e-3, r
+        assert r["is_capped_frac"] == 0, r
+    # what the run must have seen for the checks above to mean something
+    assert learned, "no learning signal in the test"
+    assert any(r["refill_rounds"] > 0 for r in grpo), "no group dropped: refill untested"
+    truncated = [r for r in grpo if r["truncation_rate"] > 0]
+    assert truncated, "no completion truncated: masking and the full penalty untested"
+    for r in truncated:
+        assert r["rows_masked_truncated"] > 0 and r["overlong_penalty_mean"] < 0, r
     # step 1 starts at the reference: KL 0 up to the engine's numerics; then the policy moves
     assert grpo[0]["kl"] < 1e-4 and grpo[-1]["kl"] > grpo[0]["kl"]
     # expert load of the 3 MoE layers (the first is dense), top-2 of 8 routed experts
     for r in learned:
-        assert sorted(r["expert_load"]) == ["1", "2", "3"]
-        assert all(len(c) == 8 for c in r["expert_load"].values())
-        assert len({sum(c) for c in r["expert_load"].values()}) == 1  # same tokens, each layer
-        assert r["expert_load_cv_mean"] >= 0
+        loads = r["expert_load"]
+        assert sorted(loads) == ["1", "2", "3"]
+        assert all(len(c) == 8 for c in loads.values())
+        assert len({sum(c) for c in loads.values()}) == 1  # same tokens, each layer
+        assert sum(loads["1"]) % 2 == 0  # each token picks 2 experts
+        # the summary is of these counts: population std / mean per layer, averaged
+        cvs = [statistics.pstdev(c) / statistics.mean(c) for c in loads.values()]
+        assert r["expert_load_cv_mean"] == pytest.approx(sum(cvs) / len(cvs), rel=1e-9), r
     # loss-free balancing moved the router biases (0 at init) by +-0.01 per step with a load
     final, _ = load_policy(tmp_path / "checkpoints" / "grpo")
     bias = final.model.layers[1].mlp.gate.e_score_correction_bias
     assert 0 < bias.abs().max() <= 0.01 * len(learned) + 1e-6
     assert torch.allclose(bias * 100, (bias * 100).round(), atol=1e-4)  # whole steps of 0.01
+
+
+def test_ppo_epochs_on_rollout_logprobs_and_kl_in_the_reward(rollouts, tiny_policy_dir, tmp_path):
+    """Two passes of two mini-batches over each batch with the engine's logprobs as the old
+    ones, and the KL to the start policy subtracted from the rewards (not in the loss)."""
+    recipe = tiny_recipe(
+        tiny_policy_dir,
+        8,
+        "sft.steps=30",
+        "grpo.epochs=2",
+        "grpo.mini_batches=2",
+        "grpo.old_logprobs=rollout",
+        "grpo.kl_coef=0.05",
+        "grpo.kl_in=reward",
+    )
+    cfg = recipe.grpo
+    train(recipe, tmp_path, rollouts=rollouts)
+    grpo = grpo_rows(tmp_path)
+    assert [r["step"] for r in grpo] == [1, 2, 3]
+    for r in grpo:
+        assert "kl_loss" not in r  # the KL is in the reward only
+        # kl_reward_mean = beta mean_i sum_t k3_it and kl = sum_it k3_it / sum_i L_i, over the
+        # same tokens, with sum_i L_i = samples x response_len_mean:
+        # kl_reward_mean = beta x kl x response_len_mean
+        expected = cfg.kl_coef * r["kl"] * r["response_len_mean"]
+        assert r["kl_reward_mean"] == pytest.approx(expected, rel=1e-5, abs=1e-12), r
+    learned = [r for r in grpo if r["rows_learned"]]
+    for r in learned:
+        # each pass steps on every mini-batch that holds a row with an advantage: at least one
+        assert cfg.epochs <= r["optimizer_steps"] <= cfg.epochs * cfg.mini_batches, r
+        # the first update's old logprobs are the engine's for the learner's current weights:
+        # |ratio - 1| <= expm1(max |learner - engine|), both < 1e-3 (module docstring)
+        first = r["ratio_dev_by_update"][0]
+        assert first <= math.expm1(r["logprob_diff_max"]) + 1e-6 and first < 1e-3, r
+    # Once the policy moved, each completion's KL differs, so the rewards of a group whose
+    # pool rewards are all equal differ too: all its rows get an advantage and learn. Without
+    # the KL in the reward they would have advantage 0 and not learn.
+    moved = [r for r in grpo[1:] if r["zero_variance_frac"] > 0]
+    for r in moved:
+        assert r["rows_learned"] == r["samples"], r
+        # every row learns, so every mini-batch of both passes steps
+        assert r["optimizer_steps"] == cfg.epochs * cfg.mini_batches == 4, r
+        # the second pass's ratios are against the same rollout logprobs after two optimizer
+        # steps: far from 1 (seen 0.8-9), where old logprobs refreshed per pass would give ~1
+        second_pass = r["ratio_dev_by_update"][cfg.mini_batches :]
+        assert len(second_pass) == 2 and min(second_pass) > 1e-2, r
+    # step 1 samples from the reference itself: KL ~0 (engine numerics); then the policy moves
+    assert grpo[0]["kl_reward_mean"] < 1e-6 < grpo[-1]["kl_reward_mean"], grpo
+    assert learned, "no learning signal in the test"
+    assert moved, "no all-equal group after step 1: the KL's effect on advantages untested"
 
 
 def test_lora_trains_adapters_and_syncs_only_the_merged_adapted_weights(
@@ -202,7 +310,16 @@ def test_two_rollout_workers_two_ranks_survive_a_worker_killed_mid_run(
 
     from rollouts import RolloutGroup
 
-    recipe = tiny_recipe(tiny_policy_dir, 7, "sft.steps=10", "grpo.steps=4", "rollout.workers=2")
+    recipe = tiny_recipe(
+        tiny_policy_dir,
+        7,
+        "sft.steps=10",
+        "grpo.steps=4",
+        "rollout.workers=2",
+        # a KL loss sends every row to the learner, so logprob_diff covers every sample (both
+        # workers') at every step, with or without a reward signal
+        "grpo.kl_coef=0.05",
+    )
     group = RolloutGroup(tiny_policy_dir, 2, dtype="float32", max_model_len=128)
     victim = group.workers[1]
     killed = threading.Event()
@@ -228,6 +345,6 @@ def test_two_rollout_workers_two_ranks_survive_a_worker_killed_mid_run(
     grpo = [r for r in rows if r["stage"] == "grpo"]
     assert [r["step"] for r in grpo] == [1, 2, 3, 4]
     assert all(r["samples"] == 8 * 4 for r in grpo)
-    learned = [r for r in grpo[1:] if r["rows_learned"]]
-    for r in learned:  # the replacement samples with the learner's current weights
-        assert r["logprob_diff_mean"] < 1e-4, r
+    assert [r["rows_learned"] for r in grpo] == [8 * 4] * 4
+    for r in grpo[1:]:  # the replacement samples with the learner's current weights
+        assert r["logprob_diff_mean"] < 1e-4 and r["logprob_diff_max"] < 1e-3, r

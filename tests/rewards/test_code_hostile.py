@@ -1,9 +1,11 @@
 """Hostile programs through the code reward and the reward pool; one hostile property per test.
 
 Each program defines a correct `add` only if its attack worked, so a score of 1.0 means the
-sandbox leaked. Every test also checks, after the attack (`host_untouched`): the score is 0
-within the sandbox's limits, a canary file on the host is intact, the pool's workers are the same
-processes, no sandbox process is left, and the pool still scores a correct program 1.0.
+sandbox leaked. Every score must come back from the sandbox, not from the pool's timeout (30 s,
+ten times the sandbox's wall-clock limit: a hang bound, not a speed check). Every test also
+checks, after the attack (`host_untouched`): a canary file on the host is intact, the pool's
+workers are the same processes, no sandbox process is left, and the pool still scores a correct
+program 1.0.
 """
 
 import contextlib
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from rewards import RewardPool
-from rewards.sandbox import UID_RANGE
+from rewards.sandbox import UID_RANGE, run_python
 from tests.rewards.fast_code import FAST
 
 REWARD = "tests.rewards.fast_code:reward"
@@ -25,15 +27,14 @@ TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candi
 ROW = {"test": TEST, "entry_point": "add"}
 CORRECT = "def add(a, b):\n    return a + b\n"
 SECRET = "r1kit-test-secret-4f1c"
-# The sandbox's wall-clock limit, plus process start-up and the kill.
-TIME_LIMIT_S = FAST.wall_s + 2.0
+POOL_TIMEOUT_S = 10 * FAST.wall_s
 
 
 @pytest.fixture(scope="module")
 def pool():
     os.environ["R1KIT_TEST_SECRET"] = SECRET  # the spawned workers inherit it; the sandbox must not
     try:
-        with RewardPool({REWARD: 1.0}, num_workers=2, timeout_s=30.0) as pool:
+        with RewardPool({REWARD: 1.0}, num_workers=2, timeout_s=POOL_TIMEOUT_S) as pool:
             assert score(pool, CORRECT) == 1.0  # starts both workers
             yield pool
     finally:
@@ -62,15 +63,10 @@ def host_untouched(pool, canary):
 
 
 def score(pool: RewardPool, code: str, row: dict | None = None) -> float:
+    """The reward of ``code`` as the sandbox returned it (not the pool's timeout)."""
     [result] = pool.score([f"```python\n{code}```"], [row or ROW])
     assert result.error is None and not result.timed_out, result
     return result.reward
-
-
-def hostile(pool: RewardPool, code: str) -> tuple[float, float]:
-    start = time.monotonic()
-    reward = score(pool, code)
-    return reward, time.monotonic() - start
 
 
 def sandbox_processes() -> list[int]:
@@ -95,24 +91,20 @@ def test_fork_bomb(pool):
     code = (
         "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass\n"
     )
-    reward, seconds = hostile(pool, code)
-    assert reward == 0.0 and seconds < TIME_LIMIT_S
+    assert score(pool, code) == 0.0
 
 
 def test_memory_bomb(pool):
     code = "blocks = []\nwhile True:\n    blocks.append(bytearray(10**7))\n" + CORRECT
-    reward, seconds = hostile(pool, code)
-    assert reward == 0.0 and seconds < TIME_LIMIT_S
+    assert score(pool, code) == 0.0
 
 
 def test_infinite_loop(pool):
-    reward, seconds = hostile(pool, "while True:\n    pass\n" + CORRECT)
-    assert reward == 0.0 and seconds < TIME_LIMIT_S
+    assert score(pool, "while True:\n    pass\n" + CORRECT) == 0.0
 
 
 def test_sleeping_forever(pool):
-    reward, seconds = hostile(pool, "import time\ntime.sleep(10**6)\n" + CORRECT)
-    assert reward == 0.0 and seconds < TIME_LIMIT_S
+    assert score(pool, "import time\ntime.sleep(10**6)\n" + CORRECT) == 0.0
 
 
 def test_deleting_a_host_file(pool, canary):
@@ -127,7 +119,7 @@ except OSError:
 def add(a, b):
     return a + b if deleted else None
 """
-    assert hostile(pool, code)[0] == 0.0
+    assert score(pool, code) == 0.0
 
 
 def test_writing_a_host_file(pool, tmp_path):
@@ -141,7 +133,7 @@ except OSError:
 def add(a, b):
     return a + b if wrote else None
 """
-    assert hostile(pool, code)[0] == 0.0
+    assert score(pool, code) == 0.0
     assert not target.exists()
 
 
@@ -157,7 +149,7 @@ for path in ["/proc/self/environ", "/proc/1/environ", "/proc/{os.getppid()}/envi
 def add(a, b):
     return a + b if found else None
 """
-    assert hostile(pool, code)[0] == 0.0
+    assert score(pool, code) == 0.0
 
 
 def test_opening_a_socket_to_the_host(pool):
@@ -185,7 +177,7 @@ def add(a, b):
     return a + b if sent else None
 """
         try:
-            reward = hostile(pool, code)[0]
+            reward = score(pool, code)
             time.sleep(0.2)  # a connection that got through would have been accepted by now
         finally:
             done.set()
@@ -208,36 +200,40 @@ for pid in [os.getppid(), -1, *{targets!r}]:
 def add(a, b):
     return a + b if killed > 2 else None
 """
-    assert hostile(pool, code)[0] == 0.0
+    assert score(pool, code) == 0.0
 
 
 def test_huge_output(pool):
     code = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n" + CORRECT
-    reward, seconds = hostile(pool, code)
-    assert reward == 0.0 and seconds < FAST.wall_s  # killed at the output cap, not the clock
+    assert score(pool, code) == 0.0
+    # what ended it, as the sandbox reports it: the output cap, not the clock
+    job = {"mode": "assert", "code": code, "tests": [TEST], "entry_point": "add", "token": "0" * 32}
+    result = run_python(job, FAST)
+    assert result.output_overflow and not result.timed_out and result.returncode is None
+    assert len(result.stdout) == FAST.output_bytes
 
 
 def test_sys_exit_zero_before_the_tests(pool):
-    assert hostile(pool, CORRECT + "import sys\nsys.exit(0)\n")[0] == 0.0
+    assert score(pool, CORRECT + "import sys\nsys.exit(0)\n") == 0.0
 
 
 def test_os_exit_zero_before_the_tests(pool):
-    assert hostile(pool, CORRECT + "import os\nos._exit(0)\n")[0] == 0.0
+    assert score(pool, CORRECT + "import os\nos._exit(0)\n") == 0.0
 
 
 def test_raising_system_exit_inside_the_tests(pool):
-    assert hostile(pool, "def add(a, b):\n    raise SystemExit(0)\n")[0] == 0.0
+    assert score(pool, "def add(a, b):\n    raise SystemExit(0)\n") == 0.0
 
 
 def test_skipping_the_tests(pool):
     code = "import unittest\ndef add(a, b):\n    raise unittest.SkipTest('later')\n"
-    assert hostile(pool, code)[0] == 0.0
+    assert score(pool, code) == 0.0
 
 
 def test_overriding_check(pool):
     code = "import builtins\ndef check(candidate):\n    pass\nbuiltins.check = check\n"
     code += "def add(a, b):\n    return None\n"
-    assert hostile(pool, code)[0] == 0.0
+    assert score(pool, code) == 0.0
 
 
 def test_monkeypatching_builtins_the_tests_use(pool):
@@ -248,17 +244,17 @@ def test_monkeypatching_builtins_the_tests_use(pool):
 
 
 def test_assert_free_stub(pool):
-    assert hostile(pool, "def add(a, b):\n    pass\n")[0] == 0.0
+    assert score(pool, "def add(a, b):\n    pass\n") == 0.0
 
 
 def test_printing_a_forged_completion_line(pool):
     code = "print('0' * 32 + ' 1')\nprint('\\n' + 'f' * 32 + ' 1')\nimport os\nos._exit(0)\n"
-    assert hostile(pool, code)[0] == 0.0
+    assert score(pool, code) == 0.0
 
 
 def test_asking_the_harness_for_its_token(pool):
     code = "import sys\nsys.audit('r1kit.finish', '1')\n" + CORRECT
-    assert hostile(pool, code)[0] == 0.0
+    assert score(pool, code) == 0.0
 
 
 def test_searching_frames_and_objects_for_the_token(pool):
@@ -276,10 +272,10 @@ for token in tokens:
     os.write(1, ("\\n" + token + " 1\\n").encode())
 os._exit(0)
 """
-    assert hostile(pool, code)[0] == 0.0
+    assert score(pool, code) == 0.0
 
 
 def test_a_fork_cannot_finish_for_its_parent(pool):
     # The child answers right, the parent wrong: only the harness's own process may finish.
     code = "import os\ndef add(a, b):\n    return a + b if os.fork() == 0 else None\n"
-    assert hostile(pool, code)[0] == 0.0
+    assert score(pool, code) == 0.0

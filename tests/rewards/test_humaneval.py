@@ -5,7 +5,6 @@ Seen on 2026-11-23, 2 busy cores, 2 workers: the 164 reference solutions in ~16 
 """
 
 import json
-import time
 
 import pytest
 
@@ -27,12 +26,11 @@ def eval_rewards(tmp_path, variant):
 
 @pytest.mark.slow
 def test_every_canonical_solution_scores_one(tmp_path):
-    start = time.monotonic()
     report, rows = eval_rewards(tmp_path, "canonical")
+    # none ran into the per-row timeout (30 s); how fast they ran is for a benchmark
     assert report["n"] == 164 and report["errors"] == 0 and report["timeouts"] == 0
     assert [r["line"] for r in rows if r["reward"] != 1.0] == []
     assert report["mean"] == 1.0
-    assert time.monotonic() - start < 60
 
 
 @pytest.mark.slow

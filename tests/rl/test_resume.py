@@ -1,11 +1,20 @@
-"""Exact resume: a run killed with SIGKILL mid-GRPO and resumed takes the same steps as an
-uninterrupted run.
+"""Exact resume: a run killed with SIGKILL and resumed takes the same steps as an
+uninterrupted run, and ends with the same weights.
 
 The killed run is a real ``r1kit train`` process joined to the session's Ray cluster (so its
 learner ranks and vLLM engine are reaped by Ray when it dies), killed once it has logged a
-GRPO step past a checkpoint. ``--resume`` then restores the sharded model and optimizer,
-the data position and the evaluations done, and repeats the steps after the checkpoint.
-Rewards and losses of those steps must equal the uninterrupted run's (<= 1e-5).
+step past a checkpoint. ``--resume`` then restores the sharded model and optimizer (and the
+KL reference policy), the data position and the evaluations done, and repeats the steps after
+the checkpoint. Two cases: full fine-tuning killed mid-GRPO, with a KL reference and dynamic
+sampling (whose refills move the data position by a varying amount); LoRA killed mid-SFT.
+
+Tolerances: the resumed steps are the uninterrupted run's ops on the same inputs (the state
+comes back bit for bit: DCP round-trips exactly; same ranks, threads and sampling seeds), so
+logged figures agree to float32 printing noise (<= 1e-5) and the final weights exactly. A
+tolerance would not buy robustness here: Adam divides by sqrt(v), so float noise in a
+near-zero gradient entry can move that weight by up to 2 x lr (4e-3 at lr 2e-3), as much as
+any real error; a lost optimizer state, a repeated or skipped step, or another batch moves
+many weights by ~lr.
 """
 
 import json
@@ -17,6 +26,7 @@ import time
 
 import pytest
 import ray
+from safetensors.torch import load_file
 
 from rl.checkpoint import list_checkpoints
 from rl.config import load_recipe
@@ -24,23 +34,46 @@ from rl.trainer import train
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
-OVERRIDES = [
+COMMON = [
     "data.generator_args={n_sft: 256, n_rl: 128, n_eval: 16, seed: 5, max_terms: 2, max_digits: 1}",
-    "sft.steps=4",
     "sft.batch_size=32",
     "sft.lr=3e-3",
-    "grpo.steps=6",
     "grpo.prompts_per_step=8",
     "grpo.group_size=4",
     "grpo.lr=2e-3",
     "grpo.max_new_tokens=16",
     "grpo.temperature=1.0",
     "grpo.mini_batches=2",
+    "grpo.kl_coef=0.05",  # full weights: a frozen copy, saved in the checkpoint
     "eval.max_new_tokens=16",
     "rewards.weights={math: 1.0, format: 0.5}",  # partial credit: groups with a signal
-    "checkpoint.every=2",
     "learner.world_size=2",
 ]
+GRPO_KILL = {  # killed after GRPO step 3 (checkpoints at 2, 4, 6)
+    "overrides": [
+        *COMMON,
+        "sft.steps=4",
+        "grpo.steps=6",
+        "grpo.dynamic_sampling=true",
+        "grpo.max_refill_rounds=1",
+        "checkpoint.every=2",
+    ],
+    "kill_after": ("grpo", 3),
+}
+LORA_SFT_KILL = {  # killed after SFT step 4 (checkpoints at 3, 6, 9, 10), then SFT 5.. and GRPO
+    "overrides": [
+        *COMMON,
+        "lora.r=8",
+        "sft.steps=10",
+        "sft.lr=1e-2",
+        "grpo.lr=1e-2",
+        "grpo.steps=2",
+        "checkpoint.every=3",
+        "log_every=1",
+    ],
+    "kill_after": ("sft", 4),
+}
+COMPARED = {"sft": ("loss", "grad_norm"), "grpo": ("reward_mean", "loss", "grad_norm", "kl")}
 
 
 def _rows(out, stage):
@@ -48,54 +81,70 @@ def _rows(out, stage):
     return {r["step"]: r for r in map(json.loads, lines) if r["stage"] == stage}
 
 
-def _kill_after_grpo_step(cmd, out, step, timeout_s=300):
-    """Run ``cmd`` in its own process group; SIGKILL the group once GRPO ``step`` is logged."""
+def _kill_after(cmd, out, stage, step, timeout_s=300):
+    """Run ``cmd`` in its own process group; SIGKILL the group once ``stage`` logs ``step``."""
     proc = subprocess.Popen(
         cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
     deadline = time.time() + timeout_s
     try:
         while time.time() < deadline:
-            if (out / "metrics.jsonl").is_file() and step in _rows(out, "grpo"):
+            if (out / "metrics.jsonl").is_file() and step in _rows(out, stage):
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
                 return
             if proc.poll() is not None:
                 raise AssertionError(f"run ended before the kill: {proc.stderr.read()[-2000:]}")
             time.sleep(0.2)
-        raise AssertionError("GRPO step never logged")
+        raise AssertionError(f"{stage} step {step} never logged")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-def test_sigkill_then_resume_repeats_the_uninterrupted_run(rollouts, tiny_policy_dir, tmp_path):
-    overrides = [f"model.path={tiny_policy_dir}", *OVERRIDES]
+@pytest.mark.parametrize("case", [GRPO_KILL, LORA_SFT_KILL], ids=["grpo-kl-dynamic", "lora-sft"])
+def test_sigkill_then_resume_repeats_the_uninterrupted_run(
+    case, rollouts, tiny_policy_dir, tmp_path
+):
+    overrides = [f"model.path={tiny_policy_dir}", *case["overrides"]]
+    recipe = load_recipe("recipes/demo.yaml", overrides)
     whole = tmp_path / "whole"
-    train(load_recipe("recipes/demo.yaml", overrides), whole, rollouts=rollouts)
+    train(recipe, whole, rollouts=rollouts)
 
     killed = tmp_path / "killed"
     address = ray.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "rl.cli", "train", "recipes/demo.yaml", "--out", str(killed)]
-    _kill_after_grpo_step([*cmd, *overrides, f"ray.address={address}"], killed, step=3)
-    latest = list_checkpoints(killed)[-1].name
-    assert latest in ("grpo-000002", "grpo-000004"), latest
+    stage, step = case["kill_after"]
+    _kill_after([*cmd, *overrides, f"ray.address={address}"], killed, stage, step)
     assert not (killed / "summary.json").exists()
+    # the latest checkpoint is in the stage that was killed, at or after the kill, before its end
+    latest = list_checkpoints(killed)[-1].name
+    kill_stage, at = latest.split("-")[0], int(latest.split("-")[1])
+    every, last = recipe.checkpoint.every, getattr(recipe, stage).steps
+    assert kill_stage == stage and at % every == 0 and step - every < at < last, latest
 
-    summary = train(
-        load_recipe("recipes/demo.yaml", overrides), killed, rollouts=rollouts, resume=True
-    )
-    assert summary["eval"]["sft"] == json.loads((whole / "summary.json").read_text())["eval"]["sft"]
-    expected, resumed = _rows(whole, "grpo"), _rows(killed, "grpo")
-    assert sorted(resumed) == [1, 2, 3, 4, 5, 6]  # rows after the checkpoint written once
-    first = int(latest.split("-")[1]) + 1
-    for step in range(first, 7):
-        for key in ("reward_mean", "loss", "grad_norm"):
-            assert resumed[step][key] == pytest.approx(expected[step][key], abs=1e-5), (step, key)
-    assert any(expected[s]["rows_learned"] for s in range(first, 7)), "no update to compare"
-    assert (
-        summary["eval"]["grpo"] == json.loads((whole / "summary.json").read_text())["eval"]["grpo"]
-    )
+    summary = train(recipe, killed, rollouts=rollouts, resume=True)
+    expected = load_file(whole / "checkpoints" / "grpo" / "model.safetensors")
+    final = load_file(killed / "checkpoints" / "grpo" / "model.safetensors")
+    assert sorted(final) == sorted(expected)
+    differ = {k: float((final[k] - expected[k]).abs().max()) for k in expected}
+    assert not {k: d for k, d in differ.items() if d}, differ  # bit for bit (module docstring)
+    assert summary["eval"] == json.loads((whole / "summary.json").read_text())["eval"]
+
+    # the steps after the checkpoint (and all of GRPO after an SFT kill), as in the whole run
+    for name in ("sft", "grpo")[("sft", "grpo").index(kill_stage) :]:
+        expected, resumed = _rows(whole, name), _rows(killed, name)
+        assert sorted(resumed) == sorted(expected)  # rows after the checkpoint written once
+        repeated = [s for s in sorted(expected) if name != kill_stage or s > at]
+        assert repeated, name
+        for s in repeated:
+            for key in COMPARED[name]:
+                assert resumed[s][key] == pytest.approx(expected[s][key], abs=1e-5), (name, s, key)
+        if name == "grpo":  # the data position after refills came back with the checkpoint
+            for s in repeated:
+                for key in ("prompts_sampled", "groups_kept", "samples"):
+                    assert resumed[s].get(key) == expected[s].get(key), (s, key)
+            assert any(expected[s]["rows_learned"] for s in repeated), "no update to compare"
 
 
 def test_resume_needs_a_checkpoint_and_the_same_recipe(tmp_path):
