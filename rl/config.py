@@ -317,6 +317,9 @@ class RolloutConfig:
     """Ray placement-group strategy of the workers."""
     threads: PositiveInt | None = None
     """OpenMP threads of each engine on CPU (default: the machine's cores / workers)."""
+    prefix_caching: bool = True
+    """A prompt's G samples share its KV blocks in the engine (reset at every weight sync;
+    vLLM-CPU turns it off for MLA policies itself)."""
     sync_transport: Literal["auto", "shared_memory", "object_store"] = "auto"
     """How synced weights reach the engines: bucket files in shared memory (/dev/shm) when
     the learner's rank 0 and the engines share the driver's machine, else Ray's object store

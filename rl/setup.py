@@ -223,6 +223,7 @@ def start_run(
             max_model_len=rc.max_model_len,
             max_num_seqs=rc.max_num_seqs,
             threads=rc.threads,
+            prefix_caching=rc.prefix_caching,
         )
     learner = LearnerGroup(
         str(model_dir),

@@ -66,8 +66,12 @@ def test_sft_then_grpo_end_to_end(rollouts, rollout_worker, tiny_policy_dir, tmp
     grpo = [r for r in rows if r["stage"] == "grpo"]
     assert [r["step"] for r in grpo] == [1, 2, 3]
     for r in grpo:
-        assert r["reward_errors"] == 0 and r["time_sync"] > 0
-        assert r["sync_bytes"] > 12e6 and r["sync_buckets"] == 1  # 3.09M fp32 params, 256 MB
+        assert r["reward_errors"] == 0
+        if r["optimizer_steps"]:  # the weights changed: every tensor syncs, in one bucket
+            assert r["time_sync"] > 0 and r["sync_buckets"] == 1  # 3.09M fp32 params, 256 MB
+            assert r["sync_bytes"] > 12e6
+        else:  # nothing learned, nothing to send
+            assert r["sync_bytes"] == 0 and r["sync_buckets"] == 0
     learned = [r for r in grpo if r["rows_learned"]]
     assert learned, "no learning signal in the test"
     for r in learned:

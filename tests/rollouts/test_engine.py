@@ -143,3 +143,39 @@ def test_teacher_forced_logprobs_match_with_sharp_attention(rollout_worker, tiny
     )
     diff = (teacher_forced(model, prompt, completion) - engine).abs()
     assert diff.max() < 1e-3, diff
+
+
+@pytest.fixture(scope="module")
+def dense_engine(ray_cluster, tmp_path_factory):
+    """A dense policy's engine (tiny-qwen2: prefix caching on; the MLA session engine has it
+    off) and its saved policy."""
+    from model import new_policy, save_policy
+    from rollouts import RolloutGroup
+
+    model, tok = new_policy("tiny-qwen2", "0123456789+-= ", seed=0)
+    path = save_policy(model, tok, tmp_path_factory.mktemp("dense") / "policy")
+    group = RolloutGroup(str(path), 1, dtype="float32", max_model_len=128)
+    yield group.workers[0], path
+    group.shutdown()
+
+
+def test_a_weight_sync_drops_prompt_kv_cached_by_the_old_weights(dense_engine):
+    """With prefix caching, a prompt sampled before a sync has its KV blocks cached; after the
+    sync they hold the old weights' keys and values. The engine must not reuse them
+    (NeMo-RL PR#4018): the samples' logprobs after the sync are the new policy's."""
+    worker, path = dense_engine
+    model, tok = load_policy(path)
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "12+34-5+67-8+9+10-11+12-13+14 " * 3}],
+        add_generation_prompt=True,
+        return_dict=False,
+    )
+    assert len(prompt) > 2 * 32  # two full 32-token KV blocks to cache
+    ray.get(worker.generate.remote([prompt], n=4, max_tokens=8, seed=3))  # caches the prompt
+    new = {k: v for k, v in perturbed(model, scale=0.05, seed=4).items()}
+    model.load_state_dict(new)
+    ray.get(worker.update_weights.remote(pack_weights(to_vllm_weights(new.items()))))
+    out = ray.get(worker.generate.remote([prompt], n=4, max_tokens=8, seed=3))
+    for c in out:
+        diff = (teacher_forced(model, prompt, c.token_ids) - torch.tensor(c.logprobs)).abs()
+        assert diff.max() < 1e-3, diff.max()  # without the reset: 2.6 nats (seen)
