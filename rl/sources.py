@@ -2,7 +2,8 @@
 
 A source (``DataSource``, a recipe's ``data.sft`` / ``data.rl`` / ``data.eval``) is one of
 
-- a local file: ``.jsonl`` / ``.json`` (datasets' json builder), ``.parquet``, ``.csv`` (every
+- a local file: ``.jsonl`` (read line by line here, as JSON types it), ``.json`` (datasets'
+  json builder), ``.parquet``, ``.csv`` (every
   column read as text: ``007`` stays ``007``), ``.arrow``; compressed ``.gz`` / ``.bz2`` /
   ``.xz`` / ``.zst`` too. A single file is one split;
 - a folder written by ``datasets``' ``save_to_disk`` (``load_from_disk``), or any other
@@ -12,9 +13,9 @@ A source (``DataSource``, a recipe's ``data.sft`` / ``data.rl`` / ``data.eval``)
   (then the datasets cache);
 - a reasoning-gym task by name, generated offline.
 
-Nothing is converted to Python rows here: a ``Table`` reads the rows a caller picks
-(``pick``: the first ``limit``, or a shuffled sample of that many), so a large dataset stays
-memory-mapped Arrow on disk and only the rows kept become dicts. A table also says where each
+Outside JSONL nothing is converted to Python rows here: a ``Table`` reads the rows a caller
+picks (``pick``: the first ``limit``, or a shuffled sample of that many), so a large dataset
+stays memory-mapped Arrow on disk and only the rows kept become dicts. A table also says where each
 row is, for error messages: ``train.jsonl:3`` (the line) for JSONL, ``train.parquet: row 17``
 (the 0-based index) for everything else.
 """
@@ -118,25 +119,24 @@ def _file(path: Path, src: DataSource, key: str) -> Table:
     options: dict[str, Any] = {}
     if builder == "csv":  # every column as text, and only an empty cell is missing
         options = {"features": _text_features(path), "keep_default_na": False, "na_values": [""]}
+    if suffixes[-1] == ".jsonl":  # read here: exact JSON types and line numbers, which
+        return _jsonl_table(path)  # Arrow's one-type-per-column inference loses
     import datasets
 
     try:
         with _quiet():
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
     except (datasets.exceptions.DatasetsError, ValueError) as e:  # pyarrow's errors too
-        if path.suffix == ".jsonl":  # a bad line, or valid JSON that Arrow cannot type
-            return _jsonl_table(path)
         raise DataError(f"{path}: datasets cannot read it as {builder}: {_cause(e)}") from None
-    lines = path.suffix == ".jsonl"
-    return _dataset_table(ds, str(path), lambda i: _jsonl_where(path, i) if lines else None)
+    return _dataset_table(ds, str(path))
 
 
 def _jsonl_table(path: Path) -> Table:
-    """A JSONL file read line by line: for files whose every line is a JSON object but whose
-    columns change type between rows (JSON allows it; Arrow's one type per column does not).
-    A line that is not a JSON object raises its error here."""
+    """A JSONL file (compressed too) read line by line, each row as JSON typed it: Arrow would
+    give a column one type (``"3"`` next to ``6`` turns into integers) and lose line numbers.
+    A line that is not a JSON object raises its error here, naming the line."""
     rows, lines = [], []
-    with path.open() as f:
+    with _open_text(path) as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -174,7 +174,7 @@ def _folder(path: Path, src: DataSource, key: str) -> Table:
             ds = ds[split]
         elif src.split not in (None, "train"):
             raise DataError(f"recipe key {key}.split: {path} holds one saved split")
-        return _dataset_table(ds, str(path), lambda i: None)
+        return _dataset_table(ds, str(path))
     with _quiet():
         return _load_dataset(str(path), src, key)
 
@@ -196,19 +196,17 @@ def _load_dataset(path: str, src: DataSource, key: str) -> Table:
     except ValueError as e:  # an unknown split or config: datasets names the choices
         raise DataError(f"recipe key {key}: {path}: {e}") from None
     shown = ", ".join(p for p in (src.name, split) if p)
-    return _dataset_table(ds, f"{path} ({shown})", lambda i: None)
+    return _dataset_table(ds, f"{path} ({shown})")
 
 
-def _dataset_table(ds: Any, name: str, line: Callable[[int], str | None]) -> Table:
+def _dataset_table(ds: Any, name: str) -> Table:
     def read(indices: Sequence[int]) -> Iterator[dict[str, Any]]:
         whole = isinstance(indices, range) and indices == range(len(ds))
         yield from ds if whole else ds.select(indices)
 
     if len(ds) == 0:
         raise DataError(f"{name}: no rows")
-    return Table(
-        name, list(ds.column_names), len(ds), read, lambda i: line(i) or f"{name}: row {i}"
-    )
+    return Table(name, list(ds.column_names), len(ds), read, lambda i: f"{name}: row {i}")
 
 
 def _reasoning_gym(src: DataSource, key: str, seed: int) -> Table:
@@ -258,16 +256,6 @@ def _open_text(path: Path) -> Any:
     return path.open(newline="")
 
 
-def _jsonl_where(path: Path, index: int) -> str:
-    """``path:LINE`` of row ``index`` (blank lines hold no row)."""
-    with path.open() as f:
-        rows = (n for n, line in enumerate(f, 1) if line.strip())
-        for i, lineno in enumerate(rows):
-            if i == index:
-                return f"{path}:{lineno}"
-    return f"{path}: row {index}"
-
-
 def _cause(e: BaseException) -> str:
     """The innermost reason of a (datasets-wrapped) exception, as one line."""
     while e.__cause__ is not None:
@@ -284,7 +272,7 @@ def _quiet() -> Iterator[None]:
 
     bars, verbosity = datasets.is_progress_bar_enabled(), ds_logging.get_verbosity()
     datasets.disable_progress_bars()
-    ds_logging.set_verbosity_error()
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
     try:
         yield
     finally:

@@ -40,4 +40,4 @@ def test_a_sync_that_skips_a_tensor_family_fails(rollout_worker, tiny_policy_dir
 
 def test_unknown_model_is_one_clear_error(capsys):
     assert main(["check", "--model", "no-such-preset", "--out", "/tmp/x.json"]) == 2
-    assert "not a Hugging Face model folder nor a preset" in capsys.readouterr().err
+    assert "not a Hugging Face model folder, a .gguf file nor a preset" in capsys.readouterr().err
