@@ -10,7 +10,7 @@ ASSETS := $(VENV)/.r1kit-assets
 QUIET := sed -u '/is ignored: it is neither a file nor a directory/d'
 HAS_NVIDIA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
 
-.PHONY: setup system-deps demo test bench lint format clean
+.PHONY: setup system-deps demo demo-tools test bench lint format clean
 
 setup: $(STAMP) system-deps $(ASSETS)
 
@@ -45,6 +45,10 @@ system-deps:
 demo: setup
 	@if [ -e runs/demo ]; then mv runs/demo "runs/demo.$$(date +%Y%m%d-%H%M%S)"; fi
 	$(VENV)/bin/r1kit train recipes/demo.yaml --out runs/demo
+
+# GRPO with the Python tool vs the same start and budget without it: runs/demo-tools/summary.json
+demo-tools: setup
+	$(PY) -m recipes.demo_tools --out runs/demo-tools
 
 # r1kit vs TRL's GRPOTrainer side by side (bench/results/latest.json), then where r1kit's step
 # time goes as the batch grows (docs/scaling.png): ~20 min on 2 cores, 14 with the SFT starts cached

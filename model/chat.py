@@ -44,6 +44,8 @@ class ChatFormat:
     thinking: bool = True
     """Passed to templates as ``enable_thinking`` (Qwen3, QwQ and llama.cpp's R1 templates
     close the think block in the generation prompt when it is false or unset)."""
+    tools: list[dict] | None = None
+    """JSON schemas of the functions the policy may call, for templates that show them."""
     _cache: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
     def messages(self, row: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -116,6 +118,7 @@ class ChatFormat:
             add_generation_prompt=generation_prompt,
             tokenize=False,
             enable_thinking=self.thinking,
+            tools=self.tools,
         )
 
     def _ids(self, messages: list[dict[str, str]]) -> list[int]:
@@ -126,5 +129,6 @@ class ChatFormat:
                 tokenize=True,
                 return_dict=False,
                 enable_thinking=self.thinking,
+                tools=self.tools,
             )
         )

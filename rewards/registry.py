@@ -21,6 +21,7 @@ BUILTIN_REWARDS: dict[str, str] = {
     "code": ".code:code_reward",
     "code_binary": ".code:code_reward_binary",
     "reasoning_gym": ".reasoning_gym:reasoning_gym_reward",
+    "environment": ".environment:environment_reward",
 }
 
 

@@ -71,8 +71,11 @@ def make_batch(
     pad_id: int,
     advantages: Sequence[float] | None = None,
     rollout_logprobs: Sequence[Sequence[float]] | None = None,
+    completion_masks: Sequence[Sequence[int] | None] | None = None,
 ) -> Batch:
-    """Pad ``prompt + completion`` pairs to the longest; mask the completion tokens."""
+    """Pad ``prompt + completion`` pairs to the longest; mask the completion tokens (of a
+    multi-turn completion, only those its ``completion_masks`` entry marks 1: the sampled
+    ones, not the tool output)."""
     lengths = [len(p) + len(c) for p, c in zip(prompts, completions, strict=True)]
     width = max(lengths)
     ids = torch.full((len(lengths), width), pad_id, dtype=torch.long)
@@ -84,6 +87,8 @@ def make_batch(
         ids[i, :n] = torch.tensor(list(p) + list(c))
         attn[i, :n] = 1
         mask[i, len(p) - 1 : n - 1] = 1  # logprob at position t is of token t + 1
+        if completion_masks is not None and completion_masks[i] is not None:
+            mask[i, len(p) - 1 : n - 1] = torch.tensor(completion_masks[i], dtype=torch.float32)
         if lps is not None:
             lps[i, len(p) - 1 : n - 1] = torch.tensor(rollout_logprobs[i], dtype=torch.float32)
     adv = None if advantages is None else torch.tensor(advantages, dtype=torch.float32)

@@ -42,6 +42,7 @@ __all__ = [
     "RewardsConfig",
     "RolloutConfig",
     "SFTConfig",
+    "ToolsConfig",
     "WandbConfig",
     "load_recipe",
 ]
@@ -331,6 +332,57 @@ class RolloutConfig:
 
 
 @dataclass
+class ToolsConfig:
+    environment: str | None = None
+    """Multi-turn rollouts with tools (rollouts/tools/): ``python`` (the sandboxed interpreter:
+    the policy writes ```python blocks and reads ```output blocks), ``functions`` (the
+    ``tools.functions``, called in the chat template's tool-call format), or
+    ``module:Class`` (an environment of yours). null: single-turn rollouts."""
+    functions: list[str] = field(default_factory=list)
+    """``module:function`` tools for ``environment: functions`` (typed, with docstrings)."""
+    env_args: dict[str, Any] = field(default_factory=dict)
+    """Keyword arguments of a ``module:Class`` environment."""
+    max_turns: PositiveInt = 4
+    """Policy turns per sample; a sample still calling tools after the last is truncated."""
+    max_tool_calls: NonNegativeInt = 3
+    """Calls run per sample; later ones are answered "not run" (the cap SimpleTIR needed)."""
+    max_turn_tokens: PositiveInt | None = None
+    """Tokens one turn may sample (per-turn truncation); null: the sample's remaining budget.
+    grpo.max_new_tokens / eval.max_new_tokens bound the whole completion, tool output
+    included."""
+    output_chars: PositiveInt = 256
+    """A tool's output is cut in the middle to this many characters."""
+    timeout_s: PositiveFloat = 5.0
+    """Seconds one call may run before it is killed (its output says so)."""
+    workers: PositiveInt = 8
+    """Calls that run at once in each rollout worker, while the other samples decode."""
+    void_trajectories: Literal["keep", "drop", "zero"] = "keep"
+    """A sample with a void turn (neither a tool call nor an answer; SimpleTIR): ``keep`` it,
+    ``drop`` it from the loss (it still counts in its group's baseline), or ``zero`` its
+    reward."""
+    in_eval: bool = True
+    """Held-out evaluations run with the tools too."""
+
+    def spec(self) -> Any:
+        """The rollouts.tools.ToolSpec the workers run (None without an environment)."""
+        from rollouts.tools import ToolSpec
+
+        if self.environment is None:
+            return None
+        return ToolSpec(
+            environment=self.environment,
+            functions=tuple(self.functions),
+            max_turns=self.max_turns,
+            max_tool_calls=self.max_tool_calls,
+            max_turn_tokens=self.max_turn_tokens,
+            output_chars=self.output_chars,
+            timeout_s=self.timeout_s,
+            workers=self.workers,
+            env_args=dict(self.env_args),
+        )
+
+
+@dataclass
 class LearnerConfig:
     world_size: PositiveInt = 2
     """Learner ranks (Ray actors in one torch.distributed group, FSDP2-sharded)."""
@@ -409,6 +461,7 @@ class Recipe:
     rewards: RewardsConfig = field(default_factory=RewardsConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -469,6 +522,17 @@ def _check(recipe: Recipe, source: str) -> None:
             "non-empty when lora.r > 0",
         ),
         (recipe.model.path or recipe.model.preset, "model", "a preset or a path"),
+        (
+            recipe.tools.environment in (None, "python", "functions")
+            or ":" in recipe.tools.environment,
+            "tools.environment",
+            f"python, functions or module:Class, got {recipe.tools.environment!r}",
+        ),
+        (
+            recipe.tools.functions or recipe.tools.environment != "functions",
+            "tools.functions",
+            "a non-empty list of module:function tools when tools.environment is functions",
+        ),
         *_data_rules(recipe.data),
     ]
     for holds, key, expected in rules:

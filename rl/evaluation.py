@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
@@ -204,6 +205,8 @@ def _entry(completion: Any, score: ScoreResult) -> dict:
         "reward": score.reward,
         "finish_reason": completion.finish_reason,
     }
+    if completion.trace is not None:  # a multi-turn sample
+        out["tool_calls"] = completion.trace.tool_calls
     if score.timed_out or score.error:
         out["reward_error"] = "timed out" if score.timed_out else score.error
     return out
@@ -261,9 +264,14 @@ def evaluate_held_out(run: Run, rows: list[dict], stage: str) -> dict[str, Any]:
         seed=rollout.seed,
         batch_rows=max(1, rollout.workers * rollout.max_num_seqs // cfg.n),  # an engine batch
     )
-    policy = Policy(run.generate, run.chat.scored_text, run.accuracy_pool)
+    tools = run.recipe.tools.environment is not None and run.recipe.tools.in_eval
+    policy = Policy(partial(run.generate, tools=tools), run.chat.scored_text, run.accuracy_pool)
     done = evaluate_rows(policy, rows, sampling, vote_key(run.recipe.rewards.accuracy))
     result = {"accuracy": done["pass@1"], "n": done["n_rows"]}
+    if tools:  # greedy completions that called a tool
+        result["tool_use_frac"] = sum(
+            r["greedy"].get("tool_calls", 0) > 0 for r in done["rows"]
+        ) / max(1, len(done["rows"]))
     if cfg.n > 1:
         result.update({key: done[key] for key in ("k", "pass@k", "mean@k", "maj@k")})
     run.log.write(step=None, stage=f"eval_{stage}", **result)

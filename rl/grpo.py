@@ -35,6 +35,7 @@ from rl.losses import kl_in_reward, kl_penalty
 from rl.metrics import combine_updates, expert_load_summary
 from rl.schedule import lr_at
 from rl.setup import Run
+from rl.tool_metrics import tool_metrics
 from rollouts.group import split_evenly
 from rollouts.types import Completion
 
@@ -85,8 +86,10 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
         [c.token_ids for c in groups.completions],
         run.pad_id,
         rollout_logprobs=[c.logprobs for c in groups.completions],
+        completion_masks=[c.mask for c in groups.completions],
     )
     rewards, shaping = shape_rewards(run, groups, batch)
+    _void_trajectories(run, groups, batch, rewards, shaping)
     batch.advantages = compute_advantages(rewards, cfg.group_size, cfg.estimator)
     if cfg.mask_truncated:
         truncated = torch.tensor([c.truncated for c in groups.completions])
@@ -108,6 +111,7 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
         **sampling,
         **shaping,
         **rollout_health(groups),
+        **tool_metrics(groups.completions, _accuracies(run, groups)),
         "lr": lr,
         **update,
         **stats(groups.scored),
@@ -151,6 +155,29 @@ def shape_rewards(run: Run, groups: Groups, batch: Batch) -> tuple[torch.Tensor,
             rewards -= kl_cost
             metrics["kl_reward_mean"] = float(kl_cost.mean())
     return rewards, metrics
+
+
+def _void_trajectories(
+    run: Run, groups: Groups, batch: Batch, rewards: torch.Tensor, metrics: dict
+) -> None:
+    """SimpleTIR's filter: samples with a void turn are dropped from the loss (their group's
+    baseline still counts them) or scored 0, as ``tools.void_trajectories`` says."""
+    how = run.recipe.tools.void_trajectories
+    void = [c.trace is not None and c.trace.void_turns > 0 for c in groups.completions]
+    if how == "keep" or not any(void):
+        return
+    rows = torch.tensor(void)
+    if how == "drop":
+        batch.loss_mask[rows] = 0.0
+    else:
+        rewards[rows] = 0.0
+    metrics["void_trajectories"] = int(rows.sum())
+
+
+def _accuracies(run: Run, groups: Groups) -> list[float]:
+    """Each completion's accuracy reward (its total reward where that is not a component)."""
+    key = run.recipe.rewards.accuracy
+    return [s.components.get(key, s.reward) for s in groups.scored]
 
 
 def sample_groups(
@@ -198,7 +225,7 @@ def _generate_and_score(
 
     def score(part: list[Completion]) -> float:
         t0 = time.time()
-        rows = [picked[c.prompt_index] for c in part]
+        rows = [_reward_row(picked[c.prompt_index], c) for c in part]
         texts = [run.chat.scored_text(c.text) for c in part]
         results.update(zip(map(id, part), run.pool.score(texts, rows), strict=True))
         return time.time() - t0
@@ -225,6 +252,20 @@ def _generate_and_score(
         scored,
         torch.tensor([s.reward for s in scored], dtype=torch.float32),
     )
+
+
+def _reward_row(row: dict, completion: Completion) -> dict:
+    """What a reward function gets besides the completion: the row's fields and, for a
+    multi-turn sample, its ``turns``, ``tool_calls`` and the environment's ``env_reward``."""
+    trace = completion.trace
+    if trace is None:
+        return row
+    return {
+        **row,
+        "turns": trace.turns,
+        "tool_calls": trace.tool_calls,
+        "env_reward": trace.env_reward,
+    }
 
 
 def _zero_variance(rewards: torch.Tensor, group_size: int) -> torch.Tensor:

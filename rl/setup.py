@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import os
 import shutil
+import string
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,14 +53,25 @@ class Run:
     @cached_property
     def chat(self) -> ChatFormat:
         """Rows -> prompt token ids, completions -> targets, through the chat template."""
-        data = self.recipe.data
-        return ChatFormat(self.tokenizer, data.system_prompt, data.prompt_template)
+        data, tools = self.recipe.data, self.recipe.tools
+        schemas = None
+        if tools.environment == "functions":  # the template shows the policy its tools
+            from rollouts.tools.functions import load_functions, tool_schemas
 
-    def generate(self, rows: list[dict], **sampling: Any) -> list:
-        """Completions of ``rows`` from the rollout workers, stopped at the end of turn."""
+            schemas = tool_schemas(load_functions(tools.functions))
+        return ChatFormat(self.tokenizer, data.system_prompt, data.prompt_template, tools=schemas)
+
+    def generate(self, rows: list[dict], *, tools: bool = True, **sampling: Any) -> list:
+        """Completions of ``rows`` from the rollout workers, stopped at the end of turn;
+        multi-turn episodes with the recipe's tools (unless ``tools`` is false)."""
         prompts = [self.chat.prompt_ids(r) for r in rows]
+        spec = self.recipe.tools.spec() if tools else None
         return self.rollouts.generate(
-            prompts, stop_token_ids=[self.chat.end_of_turn_id], **sampling
+            prompts,
+            stop_token_ids=[self.chat.end_of_turn_id],
+            tools=spec,
+            rows=[_plain(r) for r in rows] if spec is not None else None,
+            **sampling,
         )
 
     def sync_weights(self, full: bool = False) -> dict[str, int]:
@@ -96,6 +108,29 @@ class Run:
         self.log.close()
         if self.own_rollouts:
             self.rollouts.shutdown()
+
+
+def _plain(row: dict) -> dict:
+    """A row as an environment gets it in a rollout worker (JSON-able values only)."""
+    return {k: v for k, v in row.items() if isinstance(v, str | int | float | bool | list | dict)}
+
+
+def check_tools(recipe: Recipe) -> None:
+    """Build the recipe's tool environment once here, so a bad name or a missing sandbox
+    stops the run before any worker starts (errors name the key)."""
+    spec = recipe.tools.spec()
+    if spec is None:
+        return
+    from rollouts.tools import make_environment
+
+    try:
+        make_environment(spec)
+        if spec.environment == "python":
+            from rewards.sandbox import check_sandbox
+
+            check_sandbox()
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"recipe key 'tools': {e}") from None
 
 
 def import_object(spec: str, key: str) -> Any:
@@ -142,6 +177,8 @@ def initial_policy(recipe: Recipe, out: Path, data: dict[str, list[dict]]) -> Pa
     )
     for tag in THINK_TOKENS:  # single tokens of their own
         text = text.replace(tag, "")
+    if recipe.tools.environment is not None:  # tool output can hold any printable character
+        text += string.printable
     model, tokenizer = new_policy(
         recipe.model.preset, "".join(sorted(set(text))), seed=recipe.model.init_seed
     )
@@ -203,6 +240,7 @@ def start_run(
     from rollouts import RolloutGroup
 
     t0 = time.time()
+    check_tools(recipe)
     tqdm.write("starting: Ray, the vLLM rollout engines and the learner ranks (~40 s on 2 cores)")
     model_dir = initial_policy(recipe, out, data)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -328,7 +366,20 @@ def print_plan(run: Run, model_dir: Path, setup_s: float) -> None:
         f"  rewards {r.rewards.weights}, accuracy by '{r.rewards.accuracy}'; "
         f"checkpoints every {r.checkpoint.every or 'stage end'} step(s), "
         f"last {r.checkpoint.keep_last} kept\n"
-        f"  weight sync: {'shared memory (' + run.sync_folder + ')' if run.sync_folder else 'Ray object store'}"
+        f"  weight sync: {'shared memory (' + run.sync_folder + ')' if run.sync_folder else 'Ray object store'}\n"
+        f"  {_tools_plan(r)}"
+    )
+
+
+def _tools_plan(r: Recipe) -> str:
+    t = r.tools
+    if t.environment is None:
+        return "rollouts: single turn"
+    return (
+        f"rollouts: multi-turn with tools.environment {t.environment!r}: up to {t.max_turns} "
+        f"turns, {t.max_tool_calls} calls of {t.timeout_s:g} s, {t.workers} at once per "
+        f"worker; tool output cut to {t.output_chars} chars, out of the loss; void "
+        f"trajectories: {t.void_trajectories}; evaluations {'with' if t.in_eval else 'without'} tools"
     )
 
 

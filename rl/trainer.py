@@ -166,12 +166,11 @@ def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict
     for step in bar:
         picked = [rows[i] for i in order.take(cfg.batch_size)]
         prompts = [run.chat.prompt_ids(r) for r in picked]
-        targets = [run.chat.completion_ids(r["completion"]) for r in picked]
+        targets, masks = zip(*(sft_target(run, r["completion"]) for r in picked), strict=True)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         t0 = time.time()
-        out = run.learner.sft_step(
-            make_batch(prompts, targets, run.pad_id), lr, run.recipe.learner.micro_batch_size
-        )
+        batch = make_batch(prompts, targets, run.pad_id, completion_masks=masks)
+        out = run.learner.sft_step(batch, lr, run.recipe.learner.micro_batch_size)
         bar.set_postfix(loss=f"{out['loss']:.3f}")
         if step % run.recipe.log_every == 0 or step == cfg.steps:
             run.log.write(
@@ -184,6 +183,22 @@ def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict
             )
         _maybe_checkpoint(run, "sft", step, cfg.steps, order, summary)
     run.sync_weights()
+
+
+def sft_target(run: Run, completion: str) -> tuple[list[int], list[int] | None]:
+    """An SFT completion's target tokens and their loss mask (None: all of them). With the
+    python tool, the ```output blocks in it are tool output: tokenized on their own, as a
+    rollout appends them, and out of the loss."""
+    if run.recipe.tools.environment != "python":
+        return run.chat.completion_ids(completion), None
+    from rollouts.tools.python import split_outputs
+
+    ids, mask = [], []
+    for piece, is_output in split_outputs(completion):
+        piece_ids = run.tokenizer.encode(piece, add_special_tokens=False)
+        ids += piece_ids
+        mask += [0 if is_output else 1] * len(piece_ids)
+    return [*ids, run.chat.end_of_turn_id], [*mask, 1]
 
 
 def run_grpo(run: Run, rows: list[dict], state: DriverState | None, summary: dict) -> None:

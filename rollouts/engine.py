@@ -10,11 +10,13 @@ projections, so an in-place copy into parameters would leave the engine stale or
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from rollouts.tools import ToolSpec
 from rollouts.types import Completion
 
 # Shipping the reload function to the engine process through collective_rpc pickles it.
@@ -212,6 +214,7 @@ class VLLMEngine:
             **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self._tool_pool = None  # threads that run tool calls, made on first use
 
     def generate(
         self,
@@ -224,10 +227,16 @@ class VLLMEngine:
         seed: int | None = None,
         seed_offset: int = 0,
         stop_token_ids: Sequence[int] | None = None,
+        tools: ToolSpec | None = None,
+        rows: Sequence[Mapping[str, Any]] | None = None,
     ) -> list[Completion]:
         """Sample ``n`` completions for each prompt (token ids). Greedy when temperature == 0.
         Sampling stops at the model's eos and at ``stop_token_ids`` (e.g. a chat template's
         end-of-turn token); the stop token is part of the completion's ``token_ids``.
+
+        With ``tools``, each completion is a multi-turn episode (``rollouts.multiturn``): its
+        environment gets the prompt's row from ``rows``; ``max_tokens`` bounds the whole
+        completion, tool output included.
 
         Prompt ``i`` is sampled with seed ``seed + seed_offset + i``: a caller that splits one
         batch over several engines passes each chunk's start, so samples do not depend on the
@@ -237,6 +246,18 @@ class VLLMEngine:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
+        if tools is not None:
+            return self._episodes(
+                prompts,
+                n,
+                tools,
+                rows,
+                temperature,
+                top_p,
+                max_tokens,
+                stop_token_ids,
+                None if seed is None else [seed + seed_offset + i for i in range(len(prompts))],
+            )
         params = [
             SamplingParams(
                 n=n,
@@ -263,6 +284,65 @@ class VLLMEngine:
             Completion(i, list(c.token_ids), text, _sampled_logprobs(c), c.finish_reason or "stop")
             for (i, c), text in zip(samples, texts, strict=True)
         ]
+
+    def _episodes(
+        self,
+        prompts: Sequence[Sequence[int]],
+        n: int,
+        spec: ToolSpec,
+        rows: Sequence[Mapping[str, Any]] | None,
+        temperature: float,
+        top_p: float,
+        max_tokens: int,
+        stop_token_ids: Sequence[int] | None,
+        seeds: list[int] | None,
+    ) -> list[Completion]:
+        import concurrent.futures
+
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        from rollouts.multiturn import ToolTurn, run_episodes
+        from rollouts.tools import make_environment
+
+        if self._tool_pool is None:
+            self._tool_pool = concurrent.futures.ThreadPoolExecutor(spec.workers)
+        stops = list(stop_token_ids or [])
+        tool_turn = None
+        if getattr(make_environment(spec), "observation_format", "inline") != "inline":
+            if not stops:
+                raise ValueError("tool messages need the chat template's end-of-turn token")
+            tool_turn = ToolTurn(self.tokenizer, stops[0])
+
+        def sampling(max_tokens: int, stop: list[str], seed: int | None) -> SamplingParams:
+            return SamplingParams(
+                temperature=temperature,
+                top_p=top_p,
+                max_tokens=max_tokens,
+                logprobs=0,
+                flat_logprobs=True,
+                detokenize=bool(stop),  # stop strings are matched on the decoded text
+                stop=stop or None,
+                include_stop_str_in_output=True,
+                stop_token_ids=stops,
+                seed=seed,
+                output_kind=RequestOutputKind.FINAL_ONLY,
+            )
+
+        return run_episodes(
+            self.llm.llm_engine,
+            self.tokenizer,
+            prompts,
+            n=n,
+            spec=spec,
+            sampling=sampling,
+            max_tokens=max_tokens,
+            # episode j of prompt i: seeds[i] * 65_537 + j (distinct for any n < 65_537)
+            seeds=[None] * len(prompts) if seeds is None else [s * 65_537 for s in seeds],
+            rows=rows,
+            tool_turn=tool_turn,
+            pool=self._tool_pool,
+        )
 
     def score(
         self, sequences: Sequence[Sequence[int]], prompt_lens: Sequence[int]

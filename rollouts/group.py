@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from rollouts.engine import VLLMEngine
 from rollouts.placement import STRATEGIES
+from rollouts.tools import ToolSpec
 from rollouts.types import Completion
 from rollouts.worker import ENGINE_ENV
 
@@ -56,6 +57,10 @@ def worker_died(err: Exception) -> bool:
         return True
     cause = err.cause if isinstance(err, RayTaskError) else None
     return any(c.__name__ == "EngineDeadError" for c in type(cause).__mro__)
+
+
+def _part(rows: Sequence[Any] | None, chunk: range) -> list[Any] | None:
+    return None if rows is None else [rows[i] for i in chunk]
 
 
 class RolloutGroup:
@@ -138,10 +143,14 @@ class RolloutGroup:
         max_tokens: int = 64,
         seed: int | None = None,
         stop_token_ids: Sequence[int] | None = None,
+        tools: ToolSpec | None = None,
+        rows: Sequence[dict[str, Any]] | None = None,
         on_early: Callable[[list[Completion]], None] | None = None,
     ) -> list[Completion]:
         """``VLLMEngine.generate`` over all workers: ``len(prompts) * n`` completions grouped
         by prompt in input order, ``prompt_index`` global; prompt ``i`` seeded ``seed + i``.
+        With ``tools``, multi-turn episodes (each worker runs its own samples' tool calls);
+        ``rows`` are the prompts' rows, for the environments.
 
         ``on_early(part)``: called with each worker's completions that arrive while another
         worker is still generating (e.g. to score them meanwhile); the last part is not."""
@@ -158,6 +167,7 @@ class RolloutGroup:
                 seed=seed,
                 seed_offset=chunk.start,
                 stop_token_ids=stop_token_ids,
+                **({} if tools is None else {"tools": tools, "rows": _part(rows, chunk)}),
             )
 
         def arrived(slot: int, part: list[Completion], early: bool) -> None:

@@ -2,7 +2,31 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ToolTrace:
+    """What the tools did in one multi-turn completion (``rollouts.multiturn``)."""
+
+    turns: int = 1
+    """Generation turns (a turn ends at a tool call, the end of the answer or a limit)."""
+    tool_calls: int = 0
+    """Calls the environment ran."""
+    tool_errors: int = 0
+    """Calls that raised or exited non-zero (their error is the tool output)."""
+    tool_timeouts: int = 0
+    """Calls killed at the time limit."""
+    refused_calls: int = 0
+    """Calls past ``max_tool_calls``: not run, the policy was told so."""
+    void_turns: int = 0
+    """Turns with neither a tool call nor an answer (SimpleTIR's void turns)."""
+    tool_latency_s: float = 0.0
+    """Seconds the calls took, summed."""
+    env_reward: float | None = None
+    """The environment's own reward for the episode, if it gives one."""
+    segments: list[tuple[str, int]] = field(default_factory=list)
+    """``(who, tokens)`` in order: "policy" for sampled tokens, "tool" for tool output."""
 
 
 @dataclass
@@ -19,6 +43,8 @@ class Completion:
     text: str
     logprobs: list[float]
     finish_reason: str  # "stop" (EOS or stop string) or "length" (hit max_tokens)
+    mask: list[int] | None = None
+    trace: ToolTrace | None = None
 
     @property
     def truncated(self) -> bool:

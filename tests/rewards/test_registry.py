@@ -16,7 +16,7 @@ def test_module_function():
 
 @pytest.mark.parametrize("name", ["nope", "", "Math", "rewards.math", ":x", "rewards.math:"])
 def test_unknown_name_lists_the_known_ones(name):
-    with pytest.raises(ValueError, match="use one of code, code_binary, format, math"):
+    with pytest.raises(ValueError, match="use one of code, code_binary, environment, format, math"):
         get_reward(name)
 
 

@@ -41,18 +41,24 @@ def open_rank(model_dir, dtype="bfloat16", backend="nccl", lora=None, share_prom
         rank.shutdown()
 
 
-def grpo_batch(preset: str, model_dir) -> Batch:
+def grpo_batch(preset: str, model_dir, tool_tokens: bool = False) -> Batch:
     """A saved ``preset`` policy (seed 0) and a GRPO batch: each prompt twice, one completion
     with advantage +1 and one with -1. Rollout logprobs are the fp32 policy's at TEMPERATURE;
     old logprobs are those shifted by +0.3, -0.1, -0.3, +0.1, ... along the sequence, so that
     the ratios (0.74, 1.11, 1.35, 0.90) depend on the weights and some clip at either bound:
-    the loss is not the constant -mean(A) of an on-policy first step."""
+    the loss is not the constant -mean(A) of an on-policy first step. With ``tool_tokens``,
+    some completions are multi-turn: tokens inside them are tool output (mask 0)."""
     model, tok = new_policy(preset, ALPHABET, seed=0)
     save_policy(model, tok, model_dir)
     prompts = [[1, 4, 12, 13, 5], [1, 4, 14, 5], [1, 4, 12, 15, 16, 5], [1, 4, 17, 5]] * 2
     completions = [[14, 12, 2], [13, 2], [12, 12, 12, 2], [15, 16, 2]]
     completions += [[13, 13, 2], [16, 2], [17, 14, 2], [12, 2]]
-    batch = make_batch(prompts, completions, tok.pad_token_id, [1.0] * 4 + [-1.0] * 4)
+    masks = None
+    if tool_tokens:  # sampled, tool output, sampled
+        masks = [[1, 0, 1], None, [1, 0, 0, 1], [1, 0, 1], None, None, [1, 0, 1], None]
+    batch = make_batch(
+        prompts, completions, tok.pad_token_id, [1.0] * 4 + [-1.0] * 4, completion_masks=masks
+    )
     with torch.no_grad():
         lp = token_logprobs(model, batch.input_ids, batch.attention_mask, TEMPERATURE)
     rollout = lp * batch.loss_mask  # (B, T-1), 0 off the mask

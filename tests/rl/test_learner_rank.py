@@ -39,10 +39,18 @@ def clipped_surrogate(model, batch, clip=0.2, temperature=TEMPERATURE):
     return (per_token * batch.loss_mask).sum() / batch.loss_mask.sum()
 
 
-@pytest.mark.parametrize("share_prompts", [0, 1024])
+@pytest.mark.parametrize(
+    ("share_prompts", "tool_tokens"), [(0, False), (1024, False), (1024, True), (0, True)]
+)
 @pytest.mark.parametrize("preset", ["tiny-dsv3", "tiny-qwen2"])
-def test_grpo_loss_and_gradient_equal_the_written_out_formula(tmp_path, preset, share_prompts):
-    batch = grpo_batch(preset, tmp_path)
+def test_grpo_loss_and_gradient_equal_the_written_out_formula(
+    tmp_path, preset, share_prompts, tool_tokens
+):
+    """With ``tool_tokens`` (multi-turn rows: tool output inside completions, mask 0) the
+    formula's mask leaves them out: so must the learner, packed prompts included."""
+    batch = grpo_batch(preset, tmp_path, tool_tokens)
+    # 22 completion tokens, 5 of them tool output
+    assert batch.loss_mask.sum() == (17 if tool_tokens else 22)
     with open_rank(tmp_path, share_prompts=share_prompts, **DEVICE_SETUP["cpu"]) as rank:
         out = grpo(rank, batch, gradients_only=True)
     model, _ = load_policy(tmp_path)
