@@ -121,8 +121,6 @@ def run_episodes(
     """``n`` multi-turn episodes per prompt on a vLLM ``LLMEngine``; completions grouped by
     prompt in input order. ``sampling(max_tokens=, stop=, seed=)`` makes one turn's
     ``SamplingParams``; episode ``j`` of prompt ``i`` is seeded ``seeds[i] + j``."""
-    from vllm.inputs import TokensPrompt
-
     episodes = []
     for i, prompt in enumerate(prompts):
         for j in range(n):
@@ -130,26 +128,69 @@ def run_episodes(
             env.reset(rows[i] if rows is not None else {})
             seed = None if seeds[i] is None else seeds[i] + j
             episodes.append(Episode(i, list(prompt), env, seed))
-    ids = itertools.count()
-    running: dict[str, Episode] = {}
-    pending: dict[concurrent.futures.Future, tuple[Episode, bool]] = {}
+    _Runner(engine, tokenizer, spec, sampling, max_tokens, tool_turn, pool).run(episodes)
+    texts = tokenizer.batch_decode([ep.tokens for ep in episodes], skip_special_tokens=True)
+    return [
+        Completion(
+            ep.prompt_index, ep.tokens, text, ep.logprobs, ep.finish_reason, ep.mask, ep.trace
+        )
+        for ep, text in zip(episodes, texts, strict=True)
+    ]
 
-    def submit(ep: Episode) -> None:
-        left = max_tokens - len(ep.tokens)
-        if ep.trace.turns >= spec.max_turns or left <= 0:
+
+@dataclass
+class _Runner:
+    """Steps the engine and the tool pool until every episode is over."""
+
+    engine: Any
+    tokenizer: Any
+    spec: ToolSpec
+    sampling: Callable[..., Any]
+    max_tokens: int
+    tool_turn: ToolTurn | None
+    pool: concurrent.futures.Executor
+    running: dict[str, Episode] = field(default_factory=dict)
+    pending: dict[concurrent.futures.Future, tuple[Episode, bool]] = field(default_factory=dict)
+    ids: Any = field(default_factory=itertools.count)
+
+    def run(self, episodes: list[Episode]) -> None:
+        for ep in episodes:
+            self.submit(ep)
+        while self.running or self.pending:
+            if self.running:
+                for out in self.engine.step():
+                    if out.finished:
+                        self.turn_done(self.running.pop(out.request_id), out.outputs[0])
+            ready = [f for f in self.pending if f.done()]
+            if not ready and self.pending and not self.running:  # nothing decodes: wait
+                done = concurrent.futures.wait(
+                    self.pending, return_when=concurrent.futures.FIRST_COMPLETED
+                ).done
+                ready = list(done)
+            for future in ready:
+                ep, ended = self.pending.pop(future)
+                self.step_done(ep, ended, as_step(future.result()))
+
+    def submit(self, ep: Episode) -> None:
+        """The episode's next turn as an engine request (or its end, out of turns or tokens)."""
+        from vllm.inputs import TokensPrompt
+
+        left = self.max_tokens - len(ep.tokens)
+        if ep.trace.turns >= self.spec.max_turns or left <= 0:
             ep.finish_reason = "length"
             return
-        turn_cap = min(left, spec.max_turn_tokens or left)
-        params = sampling(
-            max_tokens=turn_cap,
+        params = self.sampling(
+            max_tokens=min(left, self.spec.max_turn_tokens or left),
             stop=list(getattr(ep.env, "stop", ())),
             seed=None if ep.seed is None else ep.seed + ep.trace.turns * _TURN_SEED,
         )
-        request_id = f"turn-{next(ids)}"
-        running[request_id] = ep
-        engine.add_request(request_id, TokensPrompt(prompt_token_ids=ep.prompt + ep.tokens), params)
+        request_id = f"turn-{next(self.ids)}"
+        self.running[request_id] = ep
+        prompt = TokensPrompt(prompt_token_ids=ep.prompt + ep.tokens)
+        self.engine.add_request(request_id, prompt, params)
 
-    def turn_done(ep: Episode, sample: Any) -> None:
+    def turn_done(self, ep: Episode, sample: Any) -> None:
+        """A turn came back: keep its tokens, hand its text to the environment."""
         from rollouts.engine import _sampled_logprobs
 
         ep.trace.turns += 1
@@ -159,49 +200,24 @@ def run_episodes(
             ep.finish_reason = "length"
             return
         ended = not isinstance(sample.stop_reason, str)  # eos / end of turn, not a stop string
-        text = tokenizer.decode(turn, skip_special_tokens=True)
-        pending[pool.submit(ep.env.step, text)] = (ep, ended)
+        text = self.tokenizer.decode(turn, skip_special_tokens=True)
+        self.pending[self.pool.submit(ep.env.step, text)] = (ep, ended)
 
-    def step_done(ep: Episode, ended: bool, step: Step) -> None:
+    def step_done(self, ep: Episode, ended: bool, step: Step) -> None:
+        """The environment answered: end the episode, or append its observation and go on."""
         ep.record(step)
         inline = getattr(ep.env, "observation_format", "inline") == "inline"
         if step.done or (ended and (inline or step.observation is None)):
             ep.finish_reason = "stop"
             return
         if step.observation is not None:
-            obs = (
-                tokenizer.encode(step.observation, add_special_tokens=False)
-                if inline or tool_turn is None
-                else tool_turn.ids(step.observation)
-            )
-            left = max_tokens - len(ep.tokens)
+            if inline or self.tool_turn is None:
+                obs = self.tokenizer.encode(step.observation, add_special_tokens=False)
+            else:
+                obs = self.tool_turn.ids(step.observation)
+            left = self.max_tokens - len(ep.tokens)
             ep.add(obs[:left], None)
             if len(obs) >= left:
                 ep.finish_reason = "length"
                 return
-        submit(ep)
-
-    for ep in episodes:
-        submit(ep)
-    while running or pending:
-        if running:
-            for out in engine.step():
-                if out.finished:
-                    turn_done(running.pop(out.request_id), out.outputs[0])
-        ready = [f for f in pending if f.done()]
-        if not ready and pending and not running:  # nothing decoding: wait for a tool
-            ready = list(
-                concurrent.futures.wait(
-                    pending, return_when=concurrent.futures.FIRST_COMPLETED
-                ).done
-            )
-        for future in ready:
-            ep, ended = pending.pop(future)
-            step_done(ep, ended, as_step(future.result()))
-    texts = tokenizer.batch_decode([ep.tokens for ep in episodes], skip_special_tokens=True)
-    return [
-        Completion(
-            ep.prompt_index, ep.tokens, text, ep.logprobs, ep.finish_reason, ep.mask, ep.trace
-        )
-        for ep, text in zip(episodes, texts, strict=True)
-    ]
+        self.submit(ep)
