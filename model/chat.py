@@ -13,6 +13,9 @@ What a template implies, found by rendering probe conversations once:
 - ``end_of_turn_id``: the first special token the template puts after an assistant message's
   content (ChatML ``<|im_end|>``, Llama-3 ``<|eot_id|>``, R1-Distill ``<｜end▁of▁sentence｜>``,
   r1kit's character tokenizer ``<eos>``). Sampling stops there and SFT targets end with it.
+- ``tool_turn``: the tokens of a ``tool`` message between two assistant turns (what a
+  multi-turn rollout appends after a tool call, and what SFT on a conversation with tool
+  turns leaves out of the loss).
 - ``opened``: text the generation prompt opens and the completion continues, e.g. the
   ``<think>\\n`` that R1-Distill's generation prompt ends with. Rewards that read the whole
   response (the R1 format reward) score ``opened + completion``.
@@ -78,6 +81,29 @@ class ChatFormat:
         """What rewards read: the completion after what the generation prompt opened."""
         return self.opened + completion
 
+    def assistant_text(self, message: Mapping[str, Any]) -> str:
+        """What the policy writes for an assistant message of a conversation (an SFT row's
+        turn): its content; with ``tool_calls`` (OpenAI style), the template's own rendering
+        of the turn, up to its end-of-turn token (Qwen2.5: ``<tool_call>\\n{"name": ...,
+        "arguments": {...}}\\n</tool_call>``), which is the format rollouts parse."""
+        if not message.get("tool_calls"):
+            return message.get("content") or ""
+        user = [{"role": "user", "content": _PROBE_USER}]
+        head = self._render(user, generation_prompt=True)
+        full = self._render([*user, dict(message)], generation_prompt=False)
+        end = self.tokenizer.convert_ids_to_tokens(self.end_of_turn_id)
+        if not full.startswith(head) or end not in full[len(head) :]:
+            raise ValueError(
+                "the chat template does not render an assistant turn with tool_calls after "
+                "its generation prompt: write the call into the turn's content instead"
+            )
+        return full[len(head) : full.index(end, len(head))]
+
+    @cached_property
+    def tool_turn(self) -> ToolTurn:
+        """The tokens of a ``tool`` message between two assistant turns (``ToolTurn``)."""
+        return ToolTurn(self.tokenizer, self.end_of_turn_id, self.thinking)
+
     @cached_property
     def end_of_turn_id(self) -> int:
         """The first special token after an assistant message's content (eos if none)."""
@@ -132,3 +158,37 @@ class ChatFormat:
                 tools=self.tools,
             )
         )
+
+
+class ToolTurn:
+    """The tokens that carry a ``tool`` message: after the assistant's end-of-turn token,
+    through the opening of the next assistant turn, as the model's chat template renders
+    them (Qwen2.5: ``\\n<|im_start|>user\\n<tool_response>\\n...\\n</tool_response><|im_end|>
+    \\n<|im_start|>assistant\\n``). Found once by rendering a probe conversation; raises if
+    the template does not render a tool message after an assistant turn."""
+
+    _PROBE = "R1KIT-PROBE-ANSWER"
+    _RESULT = "R1KIT-PROBE-RESULT"
+
+    def __init__(self, tokenizer: Any, end_of_turn_id: int, thinking: bool = True) -> None:
+        self.tokenizer = tokenizer
+        convo = [
+            {"role": "user", "content": "q"},
+            {"role": "assistant", "content": self._PROBE},
+            {"role": "tool", "content": self._RESULT},
+        ]
+        text = tokenizer.apply_chat_template(
+            convo, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
+        )
+        end = tokenizer.convert_ids_to_tokens(end_of_turn_id)
+        after = text[text.rfind(self._PROBE) + len(self._PROBE) :]
+        if not after.startswith(end) or self._RESULT not in after:
+            raise ValueError(
+                "the chat template does not render a tool message right after the assistant's "
+                f"end-of-turn token {end!r}: use an inline environment (tools.environment: python)"
+            )
+        self.before, self.after = after[len(end) :].split(self._RESULT)
+
+    def ids(self, observation: str) -> list[int]:
+        text = self.before + observation + self.after
+        return self.tokenizer.encode(text, add_special_tokens=False)

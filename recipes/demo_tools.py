@@ -9,7 +9,9 @@
    "wall_seconds", "runs"}``, each eval ``{"accuracy", "n"}`` (greedy pass@1 on the same
    held-out problems; ``sft`` and ``grpo`` with the tool).
 
-``python -m recipes.demo_tools [--out DIR] [key=value ...]``: overrides go to both runs.
+``python -m recipes.demo_tools [--recipe YAML] [--out DIR] [key=value ...]``: overrides go to
+both runs; ``--recipe recipes/demo_tools_smollm2.yaml`` is the same demo with the real
+SmolLM2-135M-Instruct policy.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from pathlib import Path
 RECIPE = Path(__file__).with_name("demo_tools.yaml")
 
 
-def train(out: Path, overrides: list[str]) -> dict:
-    """One ``r1kit train`` of the recipe into ``out``; its summary.json."""
-    cmd = [sys.executable, "-m", "rl.cli", "train", str(RECIPE), "--out", str(out), *overrides]
+def train(recipe: Path, out: Path, overrides: list[str]) -> dict:
+    """One ``r1kit train`` of ``recipe`` into ``out``; its summary.json."""
+    cmd = [sys.executable, "-m", "rl.cli", "train", str(recipe), "--out", str(out), *overrides]
     print("$", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
     return json.loads((out / "summary.json").read_text())
@@ -35,6 +37,7 @@ def train(out: Path, overrides: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", type=Path, default=RECIPE, help="default demo_tools.yaml")
     parser.add_argument("--out", type=Path, default=Path("runs/demo-tools"))
     parser.add_argument("overrides", nargs="*", help="key=value for both runs")
     args = parser.parse_args(argv)
@@ -43,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
             args.out, args.out.with_name(f"{args.out.name}.{time.strftime('%Y%m%d-%H%M%S')}")
         )
     start = time.time()
-    with_tools = train(args.out / "tools", args.overrides)
+    with_tools = train(args.recipe, args.out / "tools", args.overrides)
     sft = args.out / "tools" / "checkpoints" / "sft"
     without = train(
+        args.recipe,
         args.out / "no_tools",
         [*args.overrides, f"model.path={sft}", "sft.steps=0", "tools.environment=null"],
     )
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             "grpo_no_tools": without["eval"]["grpo"],
         },
         "wall_seconds": time.time() - start,
+        "recipe": str(args.recipe),
         "runs": {"tools": str(args.out / "tools"), "no_tools": str(args.out / "no_tools")},
     }
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

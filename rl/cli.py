@@ -95,6 +95,13 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
     ev.add_argument("--seed", type=int, default=0, metavar="S", help="row i's samples: seed S + i")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ev.add_argument("--reward-timeout", type=float, default=5.0, metavar="S", help="per completion")
+    ev.add_argument(
+        "--tools",
+        metavar="ENV|YAML",
+        help="multi-turn samples with tools: python (the sandboxed interpreter), module:Class, "
+        "or a YAML mapping of a recipe's tools keys, e.g. '{environment: functions, functions: "
+        "[mytools:multiply], max_turns: 3}'",
+    )
 
 
 def _positive(text: str) -> int:
@@ -166,9 +173,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from rl.evaluate_model import evaluate_model
+    from rl.evaluate_model import evaluate_model, tools_config
     from rl.evaluation import Sampling
 
+    tools = tools_config(args.tools) if args.tools else None
     try:
         sampling = Sampling(
             k=args.n,
@@ -190,13 +198,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         limit=args.limit,
         dtype=args.dtype,
         reward_timeout_s=args.reward_timeout,
+        tools=tools,
     )
     k = report["k"]
+    used = f", tool use {report['tool_use_frac']:.2f}" if "tool_use_frac" in report else ""
     print(
         f"r1kit evaluate {args.model}: {report['n_rows']} rows, pass@1 (greedy) "
         f"{report['pass@1']:.3f}, pass@{k} {report['pass@k']:.3f}, mean@{k} "
         f"{report['mean@k']:.3f}, maj@{k} {report['maj@k']:.3f}; reward errors "
-        f"{report['reward_errors']}, timeouts {report['reward_timeouts']}; wall "
+        f"{report['reward_errors']}, timeouts {report['reward_timeouts']}{used}; wall "
         f"{report['wall_s']:.0f}s; report in {args.out}"
     )
     return 0

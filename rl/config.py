@@ -363,6 +363,15 @@ class ToolsConfig:
     in_eval: bool = True
     """Held-out evaluations run with the tools too."""
 
+    def schemas(self) -> list[dict] | None:
+        """The JSON schemas of the ``functions`` tools, for the chat template to show the
+        policy (None unless ``environment: functions``)."""
+        if self.environment != "functions":
+            return None
+        from rollouts.tools.functions import load_functions, tool_schemas
+
+        return tool_schemas(load_functions(self.functions))
+
     def spec(self) -> Any:
         """The rollouts.tools.ToolSpec the workers run (None without an environment)."""
         from rollouts.tools import ToolSpec

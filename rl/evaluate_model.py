@@ -21,7 +21,7 @@ import yaml
 from tqdm import tqdm
 
 from rewards import RewardPool
-from rl.config import DataSource
+from rl.config import DataSource, ToolsConfig
 from rl.config_loader import build
 from rl.errors import ConfigError
 from rl.evaluation import Policy, Sampling, evaluate_rows, vote_key
@@ -48,6 +48,31 @@ def data_source(spec: str) -> DataSource:
     return build(DataSource, raw, prefix="", source="--data")
 
 
+def tools_config(spec: str) -> ToolsConfig:
+    """``--tools``: an environment (``python``, or ``module:Class``), or a YAML mapping of a
+    recipe's ``tools`` keys (``rl.config.ToolsConfig``).
+
+    >>> tools_config("python").environment
+    'python'
+    >>> fns = tools_config("{environment: functions, functions: [mytools:multiply], max_turns: 2}")
+    >>> fns.functions, fns.max_turns
+    (['mytools:multiply'], 2)
+    """
+    if not spec.lstrip().startswith("{"):
+        raw: Any = {"environment": spec}
+    else:
+        try:
+            raw = yaml.safe_load(spec)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--tools: not a YAML mapping: {e}") from None
+    tools = build(ToolsConfig, raw, prefix="", source="--tools")
+    if tools.environment is None:
+        raise ConfigError("--tools: name an environment (python, functions or module:Class)")
+    if tools.environment == "functions" and not tools.functions:
+        raise ConfigError("--tools: environment functions needs functions: [module:function, ...]")
+    return tools
+
+
 def evaluate_model(
     model: str | Path,
     data: str | DataSource,
@@ -61,6 +86,7 @@ def evaluate_model(
     dtype: str = "float32",
     reward_timeout_s: float = 5.0,
     rollouts: Any = None,
+    tools: ToolsConfig | None = None,
 ) -> dict[str, Any]:
     """Evaluate the Hugging Face model folder (or .gguf file) ``model`` on ``data`` (a
     ``data_source`` spec or a ``DataSource``: rows of ``{"prompt" or "messages", "answer",
@@ -68,10 +94,18 @@ def evaluate_model(
     ``data``, ``reward``, ``wall_s``) to ``out`` as JSON and return it. Starts Ray (unless it
     runs), one vLLM rollout worker (unless ``rollouts``, a running ``RolloutGroup``, is given:
     the model's weights are loaded into it) and a reward pool of ``reward`` alone; stops what it
-    started."""
+    started. With ``tools`` (a recipe's ``tools`` section), the samples are multi-turn
+    episodes with them, as in training (``max_new_tokens`` bounds each one, tool output
+    included)."""
     from transformers import AutoTokenizer
 
     from model.chat import ChatFormat
+    from rl.setup import check_tools, plain_row
+
+    spec = None
+    if tools is not None:
+        check_tools(tools, "--tools")
+        spec = tools.spec()
 
     t0 = time.time()
     model_dir = Path(model)
@@ -87,11 +121,15 @@ def evaluate_model(
     if limit is not None:
         src = replace(src, limit=limit)
     rows = load_rows(src, "eval", "--data", prompt_template)
-    chat = ChatFormat(AutoTokenizer.from_pretrained(model_dir), system_prompt, prompt_template)
+    schemas = tools.schemas() if tools is not None else None
+    chat = ChatFormat(
+        AutoTokenizer.from_pretrained(model_dir), system_prompt, prompt_template, tools=schemas
+    )
     longest = max(len(chat.prompt_ids(row)) for row in rows)
+    with_tools = "" if spec is None else f", with tools {spec.environment!r}"
     tqdm.write(
         f"evaluate {model_dir}: {len(rows)} rows, greedy + {sampling.k} sample(s) per row at "
-        f"temperature {sampling.temperature}, reward '{reward}'"
+        f"temperature {sampling.temperature}, reward '{reward}'{with_tools}"
     )
     with (
         RewardPool({reward: 1.0}, timeout_s=reward_timeout_s) as pool,
@@ -100,11 +138,15 @@ def evaluate_model(
 
         def generate(batch: list[dict], **kw: Any) -> list:
             prompts = [chat.prompt_ids(r) for r in batch]
+            if spec is not None:
+                kw.update(tools=spec, rows=[plain_row(r) for r in batch])
             return engine.generate(prompts, stop_token_ids=[chat.end_of_turn_id], **kw)
 
         policy = Policy(generate, chat.scored_text, pool)
         result = evaluate_rows(policy, rows, sampling, vote_key(reward))
     where = {"model": str(model), "data": src.path or src.reasoning_gym, "reward": reward}
+    if spec is not None:
+        where["tools"] = spec.environment
     figures = {k: v for k, v in result.items() if k != "rows"}
     result = {**figures, **where, "wall_s": round(time.time() - t0, 1), "rows": result["rows"]}
     Path(out).parent.mkdir(parents=True, exist_ok=True)

@@ -215,8 +215,9 @@ def _entry(completion: Any, score: ScoreResult) -> dict:
 def report(rows: list[dict], scores: list[ScoreResult], sampling: Sampling) -> dict[str, Any]:
     """``n_rows``, ``k``, ``pass@1`` (greedy), ``pass@k``, ``mean@k``, ``maj@k`` (means of the
     rows'), ``pass_curve`` (unbiased pass@j, j = 1, 2, 4, ..., k, from the same samples), the
-    sampling settings, truncation rates, reward errors and timeouts, and the per-row ``rows``:
-    greedy completion and samples with their rewards, c ``correct``, pass@k, mean@k, maj@k and
+    sampling settings, truncation rates, reward errors and timeouts; with tools, the shares
+    of greedy completions (``tool_use_frac``) and of samples that called one; and the per-row
+    ``rows``: greedy completion and samples with their rewards, c ``correct``, pass@k, mean@k, maj@k and
     the majority answer."""
 
     def mean(values) -> float:
@@ -224,6 +225,14 @@ def report(rows: list[dict], scores: list[ScoreResult], sampling: Sampling) -> d
         return sum(values) / len(values)
 
     pool = stats(scores)
+    tools = {}
+    if any("tool_calls" in r["greedy"] for r in rows):  # multi-turn rollouts with tools
+        tools = {
+            "tool_use_frac": mean(r["greedy"].get("tool_calls", 0) > 0 for r in rows),
+            "sample_tool_use_frac": mean(
+                s.get("tool_calls", 0) > 0 for r in rows for s in r["samples"]
+            ),
+        }
     return {
         "n_rows": len(rows),
         "k": sampling.k,
@@ -241,6 +250,7 @@ def report(rows: list[dict], scores: list[ScoreResult], sampling: Sampling) -> d
         ),
         "reward_errors": pool["reward_errors"],
         "reward_timeouts": pool["reward_timeouts"],
+        **tools,
         "rows": rows,
     }
 
@@ -269,9 +279,7 @@ def evaluate_held_out(run: Run, rows: list[dict], stage: str) -> dict[str, Any]:
     done = evaluate_rows(policy, rows, sampling, vote_key(run.recipe.rewards.accuracy))
     result = {"accuracy": done["pass@1"], "n": done["n_rows"]}
     if tools:  # greedy completions that called a tool
-        result["tool_use_frac"] = sum(
-            r["greedy"].get("tool_calls", 0) > 0 for r in done["rows"]
-        ) / max(1, len(done["rows"]))
+        result["tool_use_frac"] = done.get("tool_use_frac", 0.0)
     if cfg.n > 1:
         result.update({key: done[key] for key in ("k", "pass@k", "mean@k", "maj@k")})
     run.log.write(step=None, stage=f"eval_{stage}", **result)

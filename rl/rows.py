@@ -7,7 +7,10 @@ After loading, every row holds
   last turn is the user's);
 - ``answer`` (a non-empty string, after ``answer_format``): required in rl and eval rows
   (but for reasoning-gym tasks that have no one answer), kept in SFT rows that have one;
-- ``completion`` (a non-empty string): required in SFT rows;
+- ``completion`` (a non-empty string): required in SFT rows; an SFT conversation whose
+  last user turn is followed by tool turns (assistant, tool, ..., assistant: what a
+  multi-turn rollout samples) also keeps those turns as ``completion_turns``, and its
+  ``completion`` is the last assistant turn;
 - every other column of the dataset, as it is (nested columns stay nested; null values are
   left out). Rewards get them all as keyword arguments.
 
@@ -126,7 +129,7 @@ def shape_row(
 ) -> dict[str, Any]:
     """One raw row as a row of stage ``kind`` (see the module docstring); the ``required``
     fields must have values. RowError if it cannot be."""
-    row = {k: v for k, v in raw.items() if v is not None and k not in NAMES}
+    row = {k: v for k, v in raw.items() if v is not None and k not in (*NAMES, "completion_turns")}
     for name, path in mapping.items():
         value = _get(raw, path)
         if name == "messages":
@@ -134,14 +137,7 @@ def shape_row(
         elif value is not None or name in ("prompt", *required):
             row[name] = _text(value, path, name)
     if kind == "sft" and "completion" not in mapping:
-        if row["messages"][-1]["role"] != "assistant":
-            raise RowError(
-                f"field {mapping['messages']!r}: no completion, and the last turn is "
-                f"the {row['messages'][-1]['role']}'s, not the assistant's"
-            )
-        row["completion"] = _text(
-            row["messages"].pop()["content"], mapping["messages"], "completion"
-        )
+        _completion_from_messages(row, mapping["messages"])
     if "messages" in row and (not row["messages"] or row["messages"][-1]["role"] != "user"):
         last = row["messages"][-1]["role"] if row["messages"] else "none"
         raise RowError(
@@ -155,6 +151,38 @@ def shape_row(
                 f"field {mapping['answer']!r} (answer_format {answer_format}): {e}"
             ) from None
     return row
+
+
+def _completion_from_messages(row: dict[str, Any], path: str) -> None:
+    """An SFT row's completion: its last turn, the assistant's; or, when tool turns come
+    after the last user turn (assistant, tool, assistant, ...), all of those turns as
+    ``completion_turns`` and the last assistant turn's content as ``completion``."""
+    turns = row["messages"]
+    if turns[-1]["role"] != "assistant":
+        raise RowError(
+            f"field {path!r}: no completion, and the last turn is "
+            f"the {turns[-1]['role']}'s, not the assistant's"
+        )
+    start = len(turns)
+    while start > 0 and turns[start - 1]["role"] in ("assistant", "tool"):
+        start -= 1
+    trailing = turns[start:]
+    if len(trailing) == 1 or not any(t["role"] == "tool" for t in trailing):
+        last = turns.pop()
+        if last.get("tool_calls"):
+            raise RowError(f"field {path!r}: the last assistant turn calls a tool: no answer")
+        row["completion"] = _text(last["content"], path, "completion")
+        return
+    for i, turn in enumerate(trailing):
+        want = "assistant" if i % 2 == 0 else "tool"
+        if turn["role"] != want:
+            raise RowError(
+                f"field {path!r}: turn {start + i} is the {turn['role']}'s; after the last "
+                "user turn, assistant and tool turns must alternate"
+            )
+    del turns[start:]
+    row["completion_turns"] = trailing
+    row["completion"] = _text(trailing[-1]["content"], path, "completion")
 
 
 def check_template(template: str) -> None:
@@ -228,8 +256,9 @@ def _as(path: str, name: str) -> str:
     return "" if path == name else f" (the row's {name})"
 
 
-def _turns(value: Any, path: str) -> list[dict[str, str]]:
-    """A conversation as a list of {"role", "content"} strings (null keys dropped)."""
+def _turns(value: Any, path: str) -> list[dict[str, Any]]:
+    """A conversation as a list of {"role", "content"} strings (null keys dropped); an
+    assistant turn may instead call tools (``tool_calls``, OpenAI style, content optional)."""
     if not isinstance(value, list) or not value:
         raise RowError(f"field {path!r} must be a non-empty list of chat turns, got {value!r:.60}")
     turns = []
@@ -237,6 +266,15 @@ def _turns(value: Any, path: str) -> list[dict[str, str]]:
         turn = (
             {k: v for k, v in turn.items() if v is not None} if isinstance(turn, Mapping) else turn
         )
+        calls = isinstance(turn, dict) and turn.get("role") == "assistant" and "tool_calls" in turn
+        if calls and not (
+            isinstance(turn["tool_calls"], list)
+            and turn["tool_calls"]
+            and all(isinstance(c, Mapping) for c in turn["tool_calls"])
+        ):
+            raise RowError(f"field {path!r}: turn {i}: 'tool_calls' must be a list of calls")
+        if calls and "content" not in turn:
+            turn["content"] = ""
         if not (
             isinstance(turn, dict)
             and isinstance(turn.get("role"), str)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 from model.chat import ChatFormat
 from rewards import RewardPool
 from rl.check import quick_check
-from rl.config import Recipe
+from rl.config import Recipe, ToolsConfig
 from rl.errors import ConfigError
 from rl.learner_group import LearnerGroup
 from rl.metrics import MetricsLog
@@ -53,13 +53,18 @@ class Run:
     @cached_property
     def chat(self) -> ChatFormat:
         """Rows -> prompt token ids, completions -> targets, through the chat template."""
-        data, tools = self.recipe.data, self.recipe.tools
-        schemas = None
-        if tools.environment == "functions":  # the template shows the policy its tools
-            from rollouts.tools.functions import load_functions, tool_schemas
-
-            schemas = tool_schemas(load_functions(tools.functions))
+        data = self.recipe.data
+        schemas = self.recipe.tools.schemas()  # a template that shows tools gets them
         return ChatFormat(self.tokenizer, data.system_prompt, data.prompt_template, tools=schemas)
+
+    @cached_property
+    def environment(self) -> Any:
+        """One instance of the recipe's tool environment, in the driver (None without one):
+        how it shows tool output, for SFT targets."""
+        from rollouts.tools import make_environment
+
+        spec = self.recipe.tools.spec()
+        return None if spec is None else make_environment(spec)
 
     def generate(self, rows: list[dict], *, tools: bool = True, **sampling: Any) -> list:
         """Completions of ``rows`` from the rollout workers, stopped at the end of turn;
@@ -70,7 +75,7 @@ class Run:
             prompts,
             stop_token_ids=[self.chat.end_of_turn_id],
             tools=spec,
-            rows=[_plain(r) for r in rows] if spec is not None else None,
+            rows=[plain_row(r) for r in rows] if spec is not None else None,
             **sampling,
         )
 
@@ -110,15 +115,15 @@ class Run:
             self.rollouts.shutdown()
 
 
-def _plain(row: dict) -> dict:
+def plain_row(row: dict) -> dict:
     """A row as an environment gets it in a rollout worker (JSON-able values only)."""
     return {k: v for k, v in row.items() if isinstance(v, str | int | float | bool | list | dict)}
 
 
-def check_tools(recipe: Recipe) -> None:
-    """Build the recipe's tool environment once here, so a bad name or a missing sandbox
-    stops the run before any worker starts (errors name the key)."""
-    spec = recipe.tools.spec()
+def check_tools(tools: ToolsConfig, key: str = "tools") -> None:
+    """Build the tool environment once here, so a bad name or a missing sandbox stops the
+    run before any worker starts (errors name the recipe key or option ``key``)."""
+    spec = tools.spec()
     if spec is None:
         return
     from rollouts.tools import make_environment
@@ -130,7 +135,7 @@ def check_tools(recipe: Recipe) -> None:
 
             check_sandbox()
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"recipe key 'tools': {e}") from None
+        raise ConfigError(f"{key}: {e}") from None
 
 
 def import_object(spec: str, key: str) -> Any:
@@ -240,7 +245,7 @@ def start_run(
     from rollouts import RolloutGroup
 
     t0 = time.time()
-    check_tools(recipe)
+    check_tools(recipe.tools, "recipe key 'tools'")
     tqdm.write("starting: Ray, the vLLM rollout engines and the learner ranks (~40 s on 2 cores)")
     model_dir = initial_policy(recipe, out, data)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

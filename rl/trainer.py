@@ -150,6 +150,12 @@ def load_data(recipe: Recipe, out: Path) -> dict[str, list[dict]]:
     data = {kind: [] for kind in STAGES}
     for kind, (src, key) in sources.items():
         data[kind] = load_rows(src, kind, key, cfg.prompt_template, recipe.seed)
+    with_tools = next((i for i, r in enumerate(data["sft"]) if "completion_turns" in r), None)
+    if with_tools is not None and recipe.tools.environment is None:
+        raise ConfigError(
+            f"{sources['sft'][1]}: SFT row {with_tools + 1} has tool turns after its last user "
+            "turn: set recipe key 'tools.environment' to the environment that answered them"
+        )
     train_rows = data["sft"] + data["rl"]
     check_disjoint(
         train_rows, data["eval"], sources["eval"][1], cfg.system_prompt, cfg.prompt_template
@@ -166,7 +172,7 @@ def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict
     for step in bar:
         picked = [rows[i] for i in order.take(cfg.batch_size)]
         prompts = [run.chat.prompt_ids(r) for r in picked]
-        targets, masks = zip(*(sft_target(run, r["completion"]) for r in picked), strict=True)
+        targets, masks = zip(*(sft_target(run, r) for r in picked), strict=True)
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         t0 = time.time()
         batch = make_batch(prompts, targets, run.pad_id, completion_masks=masks)
@@ -185,20 +191,59 @@ def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict
     run.sync_weights()
 
 
-def sft_target(run: Run, completion: str) -> tuple[list[int], list[int] | None]:
-    """An SFT completion's target tokens and their loss mask (None: all of them). With the
-    python tool, the ```output blocks in it are tool output: tokenized on their own, as a
-    rollout appends them, and out of the loss."""
+def sft_target(run: Run, row: dict) -> tuple[list[int], list[int] | None]:
+    """An SFT row's target tokens and their loss mask (None: all of them), after its prompt.
+
+    Tool output is what a rollout appends, tokenized as a rollout appends it, and out of the
+    loss: the ```output blocks of a completion written for the python tool; the ``tool``
+    turns of a conversation (``completion_turns``), as the environment shows them (inline in
+    the policy's turn, or the chat template's tool message between two assistant turns)."""
+    if "completion_turns" in row:
+        return _conversation_target(run, row["completion_turns"])
+    completion = row["completion"]
     if run.recipe.tools.environment != "python":
         return run.chat.completion_ids(completion), None
     from rollouts.tools.python import split_outputs
 
-    ids, mask = [], []
-    for piece, is_output in split_outputs(completion):
-        piece_ids = run.tokenizer.encode(piece, add_special_tokens=False)
-        ids += piece_ids
-        mask += [0 if is_output else 1] * len(piece_ids)
-    return [*ids, run.chat.end_of_turn_id], [*mask, 1]
+    return _pieces_target(run, [*split_outputs(completion), (None, False)])
+
+
+def _conversation_target(run: Run, turns: list[dict]) -> tuple[list[int], list[int]]:
+    env = run.environment  # load_data made sure there is one
+    inline = env.observation_format == "inline"
+    pieces: list[tuple[str | None, bool]] = []
+    for turn in turns:
+        if turn["role"] == "assistant":
+            pieces.append((run.chat.assistant_text(turn), False))
+            if not inline:
+                pieces.append((None, False))  # the policy ends its turn; the tool answers
+        elif inline:  # the environment's own rendering of an output, in the policy's turn
+            written = getattr(env, "observation", None)
+            pieces.append((written(turn["content"]) if written else turn["content"], True))
+        else:
+            pieces.append((turn["content"], True))
+    if inline:
+        pieces.append((None, False))
+    return _pieces_target(run, pieces, tool_message=not inline)
+
+
+def _pieces_target(
+    run: Run, pieces: list[tuple[str | None, bool]], tool_message: bool = False
+) -> tuple[list[int], list[int]]:
+    """Pieces ``(text, is_tool_output)`` as tokens and a loss mask; text None is the end of
+    the policy's turn. With ``tool_message``, tool output is the template's tool turn."""
+    ids: list[int] = []
+    mask: list[int] = []
+    for text, is_output in pieces:
+        if text is None:
+            piece = [run.chat.end_of_turn_id]
+        elif is_output and tool_message:
+            piece = run.chat.tool_turn.ids(text)
+        else:
+            piece = run.tokenizer.encode(text, add_special_tokens=False)
+        ids += piece
+        mask += [0 if is_output else 1] * len(piece)
+    return ids, mask
 
 
 def run_grpo(run: Run, rows: list[dict], state: DriverState | None, summary: dict) -> None:

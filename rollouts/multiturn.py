@@ -15,7 +15,7 @@ blocks, cannot move a token). Sampled tokens carry mask 1 and the engine's logpr
 tokens mask 0 and logprob 0. An ``inline`` observation is tokenized on its own; a
 ``tool_message`` one is the chat template's rendering of a ``tool`` message after the
 assistant's end-of-turn token, through the opening of the next assistant turn
-(``ToolTurn``).
+(``model.chat.ToolTurn``).
 
 Budgets: ``max_tokens`` for the whole completion (sampled and tool tokens, what the learner
 sees), ``ToolSpec.max_turn_tokens`` per turn, ``max_turns`` turns; hitting any of them while
@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from model.chat import ToolTurn
 from rollouts.tools import Step, ToolSpec, as_step, make_environment
 from rollouts.types import Completion, ToolTrace
 
@@ -68,40 +69,6 @@ class Episode:
         trace.tool_latency_s += step.latency_s
         if step.reward is not None:
             trace.env_reward = step.reward
-
-
-class ToolTurn:
-    """The tokens that carry a ``tool`` message: after the assistant's end-of-turn token,
-    through the opening of the next assistant turn, as the model's chat template renders
-    them (Qwen2.5: ``\\n<|im_start|>user\\n<tool_response>\\n...\\n</tool_response><|im_end|>
-    \\n<|im_start|>assistant\\n``). Found once by rendering a probe conversation; raises if
-    the template does not render a tool message after an assistant turn."""
-
-    _PROBE = "R1KIT-PROBE-ANSWER"
-    _RESULT = "R1KIT-PROBE-RESULT"
-
-    def __init__(self, tokenizer: Any, end_of_turn_id: int, thinking: bool = True) -> None:
-        self.tokenizer = tokenizer
-        convo = [
-            {"role": "user", "content": "q"},
-            {"role": "assistant", "content": self._PROBE},
-            {"role": "tool", "content": self._RESULT},
-        ]
-        text = tokenizer.apply_chat_template(
-            convo, tokenize=False, add_generation_prompt=True, enable_thinking=thinking
-        )
-        end = tokenizer.convert_ids_to_tokens(end_of_turn_id)
-        after = text[text.rfind(self._PROBE) + len(self._PROBE) :]
-        if not after.startswith(end) or self._RESULT not in after:
-            raise ValueError(
-                "the chat template does not render a tool message right after the assistant's "
-                f"end-of-turn token {end!r}: use an inline environment (tools.environment: python)"
-            )
-        self.before, self.after = after[len(end) :].split(self._RESULT)
-
-    def ids(self, observation: str) -> list[int]:
-        text = self.before + observation + self.after
-        return self.tokenizer.encode(text, add_special_tokens=False)
 
 
 def run_episodes(

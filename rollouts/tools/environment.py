@@ -13,6 +13,10 @@ An environment is any object with
   tool output (loss mask 0) and generation continues, unless ``done``. ``reward`` is the
   environment's own score of the episode (None: it gives none), which rewards can read.
 
+Optionally, ``observation(output) -> str``: how a tool output written in a conversation
+(an SFT row's ``tool`` turn) reads in an ``inline`` environment's turn (the python tool: a
+```output block); without it the output is used as written.
+
 With ``observation_format: inline``, a turn the policy ends itself (end of turn / eos) ends
 the episode. ``step`` runs in a thread of the rollout worker while other samples decode;
 it may block (a sandboxed process) but must not touch the engine.

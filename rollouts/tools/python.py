@@ -86,6 +86,12 @@ class PythonTool:
     def reset(self, row: Mapping[str, Any]) -> None:
         self.calls = 0
 
+    @staticmethod
+    def observation(output: str) -> str:
+        """A tool output written in a conversation (an SFT row's ``tool`` turn) as this
+        environment shows it: the ```output block."""
+        return _block(output)
+
     def step(self, text: str) -> Step:
         code = last_python_block(text)
         if code is None:  # the policy ended its turn (its answer), or closed a plain block

@@ -8,7 +8,7 @@ import pytest
 from model import new_policy, save_policy
 from rl.cli import main
 from rl.errors import ConfigError
-from rl.evaluate_model import data_source, evaluate_model
+from rl.evaluate_model import data_source, evaluate_model, tools_config
 from rl.evaluation import Sampling
 from tests.conftest import ALPHABET
 
@@ -82,7 +82,7 @@ def test_n_must_be_positive(capsys, tmp_path):
     assert exit_.value.code == 2 and "argument --n: must be >= 1" in capsys.readouterr().err
 
 
-def check_contract(report, rows, k):
+def check_contract(report, rows, k, random_text=True):
     assert list(report)[:6] == ["n_rows", "k", "pass@1", "pass@k", "mean@k", "maj@k"]
     assert report["n_rows"] == len(rows) == len(report["rows"]) and report["k"] == k
     per_row = report["rows"]
@@ -97,7 +97,8 @@ def check_contract(report, rows, k):
     )
     assert report["mean@k"] == pytest.approx(sum(sum(r) / k for r in rewards) / len(rows))
     assert [r["correct"] for r in per_row] == [sum(x >= 1 for x in r) for r in rewards]
-    assert report["maj@k"] == 0.0  # random text gives no final answer: no sample votes
+    if random_text:  # no final answer: no sample votes
+        assert report["maj@k"] == 0.0
     assert 0 <= report["mean@k"] <= report["pass@k"] <= 1
 
 
@@ -158,3 +159,36 @@ def test_the_cli_starts_its_engine_and_writes_the_report(
     )
     assert reseeded["n_rows"] == 3
     assert [r["samples"] for r in reseeded["rows"]] != [r["samples"] for r in report["rows"][:3]]
+
+
+def test_bad_tools_are_one_clear_line_before_anything_starts(capsys, tmp_path):
+    assert evaluate_cli("--model", tmp_path, "--n", 1, "--tools", "{environment: functions}") == 2
+    assert "--tools: environment functions needs functions" in capsys.readouterr().err
+    assert evaluate_cli("--model", tmp_path, "--n", 1, "--tools", "{max_turn: 2}") == 2
+    assert "unknown key 'max_turn' (did you mean 'max_turns'" in capsys.readouterr().err
+    assert evaluate_cli("--model", tmp_path, "--n", 1, "--tools", "nowhere:Env") == 2
+    assert "--tools: " in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_evaluate_with_tools_runs_multi_turn_episodes(rollouts, tiny_policy_dir, data, tmp_path):
+    tools = tools_config("{environment: tests.rollouts.envs:Echo, max_turns: 3}")
+    sampling = Sampling(k=4, temperature=1.0, max_new_tokens=16, seed=3)
+    report = evaluate_model(
+        tiny_policy_dir, str(data), tmp_path / "t.json", sampling, reward=REWARD,
+        rollouts=rollouts, tools=tools,
+    )  # fmt: skip
+    check_contract(report, ROWS, 4, random_text=False)  # the tool's text may hold an answer
+    assert report["tools"] == "tests.rollouts.envs:Echo"
+    samples = [s for r in report["rows"] for s in r["samples"]]
+    greedy = [r["greedy"] for r in report["rows"]]
+    assert all("tool_calls" in s for s in samples + greedy)
+    called = [s for s in samples if s["tool_calls"]]
+    assert called, "no sample wrote a '=' (a call of the Echo environment)"
+    assert all("= 11" in s["completion"] for s in called)  # the observation (maybe cut short)
+    assert report["sample_tool_use_frac"] == pytest.approx(len(called) / len(samples))
+    assert report["tool_use_frac"] == pytest.approx(
+        sum(g["tool_calls"] > 0 for g in greedy) / len(greedy)
+    )
+    assert json.loads((tmp_path / "t.json").read_text())["tools"] == report["tools"]

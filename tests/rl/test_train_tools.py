@@ -57,7 +57,7 @@ def test_sft_targets_leave_tool_output_out_of_the_loss(tmp_path):
     recipe = load_recipe("recipes/demo_tools.yaml")
     run = SimpleNamespace(recipe=recipe, tokenizer=tok, chat=ChatFormat(tok))
     completion = "<think>```python\nprint(6*7)\n```\n```output\n42\n```\n</think>42"
-    ids, mask = sft_target(run, completion)
+    ids, mask = sft_target(run, {"prompt": "6*7", "completion": completion})
     assert ids[-1] == run.chat.end_of_turn_id and len(ids) == len(mask)
     kept = tok.decode([i for i, m in zip(ids, mask, strict=True) if m])
     dropped = tok.decode([i for i, m in zip(ids, mask, strict=True) if not m])

@@ -7,8 +7,7 @@ that the rollout keeps as they were sampled."""
 import pytest
 
 from model import assets
-from model.chat import ChatFormat
-from rollouts.multiturn import ToolTurn
+from model.chat import ChatFormat, ToolTurn
 from rollouts.tools.functions import tool_schemas
 from tests.rollouts.test_tools import multiply
 
