@@ -31,7 +31,7 @@ from rl.logprobs import (
     token_logprobs,
 )
 from rl.loss_config import LossConfig
-from rl.losses import kl_loss, mismatch_weights, policy_loss, sft_loss
+from rl.losses import decoupled_policy_loss, kl_loss, policy_loss, sft_loss
 from rl.metrics import UpdateStats
 
 
@@ -266,21 +266,20 @@ class LearnerRank:
         mask, rollout = self._to(mb.loss_mask), self._to(mb.rollout_logprobs)
         old = lp.detach() if mb.old_logprobs is None else self._to(mb.old_logprobs)
         denominators = {"num_tokens": num_tokens, "num_seqs": num_seqs}
-        weights = weight_metrics = None
-        if cfg.mismatch != "none":
-            weights, weight_metrics = mismatch_weights(
-                old, rollout, mask, level=cfg.mismatch, cap=cfg.mismatch_cap
-            )
-        value, metrics = policy_loss(
-            lp,
-            old,
-            self._to(mb.advantages),
-            mask,
-            weights=weights,
-            entropy=entropy if cfg.entropy_coef else None,
+        options = {
+            "entropy": entropy if cfg.entropy_coef else None,
             **denominators,
             **cfg.policy_loss_options(),
-        )
+        }
+        weight_metrics = None
+        if cfg.mismatch != "none":  # the engine's logprobs are the behaviour policy
+            value, metrics = decoupled_policy_loss(
+                lp, old, rollout, self._to(mb.advantages), mask,
+                level=cfg.mismatch, cap=cfg.mismatch_cap, **options,
+            )  # fmt: skip
+            weight_metrics = {k: metrics.pop(k) for k in list(metrics) if "mismatch" in k}
+        else:
+            value, metrics = policy_loss(lp, old, self._to(mb.advantages), mask, **options)
         kl_value = torch.zeros(())
         if cfg.kl_coef > 0:
             kl_value = kl_loss(

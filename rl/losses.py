@@ -31,6 +31,7 @@ __all__ = [
     "MISMATCH_LEVELS",
     "RATIO_LEVELS",
     "aggregate",
+    "decoupled_policy_loss",
     "entropy_from_logits",
     "kl_in_reward",
     "kl_loss",
@@ -263,6 +264,52 @@ def mismatch_weights(
         **_masked_stats(weights, mask, "mismatch_weight"),
         "mismatch_capped_frac": capped,
     }
+
+
+# ---------------------------------------------------------------------------- off-policy
+
+
+def decoupled_policy_loss(
+    logprobs: Tensor,
+    proximal_logprobs: Tensor,
+    behaviour_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    *,
+    level: str = "token",
+    cap: float = 2.0,
+    **policy_options,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Decoupled PPO (Hilton et al. 2021, "Batch size-invariance for policy optimization";
+    AReaL, Fu et al. 2025) for samples the engine drew with older or slightly different
+    weights: the clip is anchored at the *proximal* policy (the learner's weights before this
+    update), and a capped importance weight carries the samples over from the *behaviour*
+    policy that generated them (the engine's per-token logprobs, k weight versions old):
+
+        r_t = exp(logp_t - prox_t)                        the clipped PPO ratio
+        w_t = min(exp(prox_t - behav_t), cap)             (level "sequence": one w_i per row)
+        loss_t = w_t * max(-A r_t, -A clip(r_t, 1 - clip_low, 1 + clip_high))
+
+    reduced by ``policy_options["loss_agg"]``, so that a stale sample neither moves the policy
+    further than the clip allows from where it is now (the clip is never anchored to a policy
+    that generated nothing, miles PR#1829) nor counts more than ``cap`` times. Finite for any
+    finite logprob gap: exp of ``prox - behav`` may overflow to inf and the cap takes it back,
+    the ratio's log is clamped to +-20. With behaviour == proximal (synchronous sampling, up to
+    the engine's numerics) every w_t is 1 and this is ``policy_loss``.
+
+    Args: logprobs (B, T) with grad; proximal_logprobs and behaviour_logprobs (B, T); the
+    rest as ``policy_loss`` (``policy_options``: clip_low, clip_high, loss_agg, ...) and
+    ``mismatch_weights`` (level, cap).
+
+    Returns: the loss and ``policy_loss``'s metrics with ``mismatch_weights``'s.
+    """
+    weights, weight_metrics = mismatch_weights(
+        proximal_logprobs, behaviour_logprobs, mask, level=level, cap=cap
+    )
+    loss, metrics = policy_loss(
+        logprobs, proximal_logprobs, advantages, mask, weights=weights, **policy_options
+    )
+    return loss, {**metrics, **weight_metrics}
 
 
 # ---------------------------------------------------------------------------- entropy
