@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def evaluate_model(
     from transformers import AutoTokenizer
 
     from model.chat import ChatFormat
-    from rl.setup import check_tools, plain_row
+    from rl.setup import check_tools, generate_rows
 
     spec = None
     if tools is not None:
@@ -108,15 +109,7 @@ def evaluate_model(
         spec = tools.spec()
 
     t0 = time.time()
-    model_dir = Path(model)
-    if model_dir.suffix == ".gguf" and model_dir.is_file():
-        from model.gguf import converted
-
-        model_dir = converted(model_dir, dtype)  # once, into the asset cache
-    if not (model_dir / "config.json").is_file():
-        raise ConfigError(
-            f"--model {model}: not a Hugging Face model folder (no config.json) nor a .gguf file"
-        )
+    model_dir = _model_folder(Path(model), dtype)
     src = data if isinstance(data, DataSource) else data_source(data)
     if limit is not None:
         src = replace(src, limit=limit)
@@ -135,13 +128,7 @@ def evaluate_model(
         RewardPool({reward: 1.0}, timeout_s=reward_timeout_s) as pool,
         _engine(model_dir, dtype, longest + sampling.max_new_tokens, rollouts) as engine,
     ):
-
-        def generate(batch: list[dict], **kw: Any) -> list:
-            prompts = [chat.prompt_ids(r) for r in batch]
-            if spec is not None:
-                kw.update(tools=spec, rows=[plain_row(r) for r in batch])
-            return engine.generate(prompts, stop_token_ids=[chat.end_of_turn_id], **kw)
-
+        generate = partial(generate_rows, engine, chat, tools=spec)
         policy = Policy(generate, chat.scored_text, pool)
         result = evaluate_rows(policy, rows, sampling, vote_key(reward))
     where = {"model": str(model), "data": src.path or src.reasoning_gym, "reward": reward}
@@ -152,6 +139,19 @@ def evaluate_model(
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _model_folder(model: Path, dtype: str) -> Path:
+    """``--model``: a Hugging Face folder, or a .gguf file converted once into the cache."""
+    if model.suffix == ".gguf" and model.is_file():
+        from model.gguf import converted
+
+        return converted(model, dtype)
+    if not (model / "config.json").is_file():
+        raise ConfigError(
+            f"--model {model}: not a Hugging Face model folder (no config.json) nor a .gguf file"
+        )
+    return model
 
 
 @contextmanager

@@ -69,15 +69,8 @@ class Run:
     def generate(self, rows: list[dict], *, tools: bool = True, **sampling: Any) -> list:
         """Completions of ``rows`` from the rollout workers, stopped at the end of turn;
         multi-turn episodes with the recipe's tools (unless ``tools`` is false)."""
-        prompts = [self.chat.prompt_ids(r) for r in rows]
         spec = self.recipe.tools.spec() if tools else None
-        return self.rollouts.generate(
-            prompts,
-            stop_token_ids=[self.chat.end_of_turn_id],
-            tools=spec,
-            rows=[plain_row(r) for r in rows] if spec is not None else None,
-            **sampling,
-        )
+        return generate_rows(self.rollouts, self.chat, rows, spec, **sampling)
 
     def sync_weights(self, full: bool = False) -> dict[str, int]:
         """Learner -> rollout workers: one gather on the learner, buckets of about
@@ -113,6 +106,20 @@ class Run:
         self.log.close()
         if self.own_rollouts:
             self.rollouts.shutdown()
+
+
+def generate_rows(
+    rollouts: Any, chat: ChatFormat, rows: list[dict], tools: Any = None, **sampling: Any
+) -> list:
+    """Completions of ``rows`` (rendered by ``chat``) from ``rollouts``, stopped at the end
+    of turn; multi-turn episodes with ``tools`` (a ``rollouts.tools.ToolSpec``) if given."""
+    return rollouts.generate(
+        [chat.prompt_ids(r) for r in rows],
+        stop_token_ids=[chat.end_of_turn_id],
+        tools=tools,
+        rows=[plain_row(r) for r in rows] if tools is not None else None,
+        **sampling,
+    )
 
 
 def plain_row(row: dict) -> dict:
