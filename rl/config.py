@@ -198,6 +198,10 @@ class GRPOConfig:
     """DAPO: drop groups whose rewards are all equal and refill from more prompts."""
     max_refill_rounds: NonNegativeInt = 3
     """Extra generation rounds per step for dynamic sampling (each of prompts_per_step)."""
+    max_staleness: NonNegativeInt = 0
+    """Asynchronous GRPO: the rollout workers sample up to this many steps ahead of the
+    learner, so a step trains on completions of weights at most this many versions old
+    (0: the synchronous loop). Needs ``mismatch_correction`` (the decoupled loss)."""
     overlong_buffer: NonNegativeInt = 0
     """DAPO's soft overlong penalty: the last this-many tokens before max_new_tokens cost up
     to ``overlong_penalty`` reward, linearly (0 disables; ``algorithm: dapo`` sets a fifth of
@@ -518,6 +522,12 @@ def _check(recipe: Recipe, source: str) -> None:
             recipe.eval.max_new_tokens < r.max_model_len,
             "eval.max_new_tokens",
             f"< rollout.max_model_len ({r.max_model_len}), got {recipe.eval.max_new_tokens}",
+        ),
+        (
+            g.max_staleness == 0 or g.mismatch_correction != "none",
+            "grpo.mismatch_correction",
+            f"token or sequence when grpo.max_staleness > 0 ({g.max_staleness}): stale "
+            "completions need the decoupled loss's weight to the policy that sampled them",
         ),
         (
             g.mismatch_correction == "none" or g.old_logprobs == "learner",

@@ -21,6 +21,7 @@ steps of an uninterrupted one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -69,12 +70,50 @@ class Groups:
         )
 
 
+@dataclass
+class Sampled:
+    """One step's scored groups as the sampler hands them to the learner."""
+
+    groups: Groups
+    info: dict  # sampling figures (first-round reward stats, dynamic sampling counts)
+    timing: dict  # time_generate, time_reward, time_reward_overlapped of this batch
+    position: int  # the data order's position after this batch's draws (what a resume needs)
+
+
 def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
     """Sample, score, update, sync; returns the step's metrics row."""
-    cfg = run.recipe.grpo
     start = time.time()
+    sampled = sample_batch(run, rows, order, step)
+    metrics = learn_step(run, sampled, step, start)
+    # the synchronous loop: each side waits for the whole of the other's work
+    metrics["idle_learner_s"] = sampled.timing["time_generate"] + sampled.timing["time_reward"]
+    metrics["idle_rollout_s"] = metrics["time_learner"] + metrics["time_sync"]
+    return metrics
+
+
+def sample_batch(run: Run, rows: list[dict], order: DataOrder, step: int) -> Sampled:
+    """Step ``step``'s scored groups from the engines' current weights."""
     timing = {"time_generate": 0.0, "time_reward": 0.0, "time_reward_overlapped": 0.0}
-    groups, sampling = sample_groups(run, rows, order, step, timing)
+    groups, info = sample_groups(run, rows, order, step, timing)
+    return Sampled(groups, info, timing, order.position)
+
+
+def learn_step(
+    run: Run,
+    sampled: Sampled,
+    step: int,
+    start: float,
+    max_staleness: int | None = None,
+    before_sync: Callable[[], float] | None = None,
+) -> dict:
+    """Advantages, update and weight sync of one step's batch; its metrics row.
+
+    ``max_staleness`` (asynchronous GRPO): rows sampled by weights more than this many
+    versions older than the learner's (version ``step - 1``) are left out of the loss and
+    counted; None: no check (the synchronous loop: every row is the learner's own).
+    ``before_sync``: called before the weight sync; returns the seconds it waited."""
+    cfg = run.recipe.grpo
+    groups, sampling, timing = sampled.groups, dict(sampled.info), dict(sampled.timing)
     run.log.write_samples("grpo", step, grpo_samples(run.tokenizer, groups))  # dashboards
     # of the batch trained on: 0 once dynamic sampling kept groups
     sampling["batch_zero_variance_frac"] = float(
@@ -96,17 +135,26 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
         batch.loss_mask[truncated] = 0.0
         # rows the loss no longer sees (every truncated one, if the masking took)
         shaping["rows_masked_truncated"] = int((batch.loss_mask.sum(1) == 0).sum())
+    if max_staleness is not None:
+        shaping.update(drop_stale(groups, batch, step - 1, max_staleness))
 
     t0 = time.time()
     lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.lr_schedule)
     update = update_policy(run, batch, lr, step)
     timing["time_learner"] = time.time() - t0
 
+    if before_sync is not None:
+        timing["time_wait_sync"] = before_sync()
     t0 = time.time()
-    # no optimizer step (every group's rewards equal): the engines hold these weights already
-    sync = run.sync_weights() if update["optimizer_steps"] else {"sync_bytes": 0, "sync_buckets": 0}
+    if update["optimizer_steps"]:
+        sync = run.sync_weights(version=step)
+    else:  # no optimizer step (every group's rewards equal): the engines hold these weights
+        run.rollouts.update_weights([], version=step)  # under this step's version
+        sync = {"sync_bytes": 0, "sync_buckets": 0}
     timing["time_sync"] = time.time() - t0
     step_time = time.time() - start
+    # sampled meanwhile, in an asynchronous run: not part of this step's wall time
+    spent = PHASES if max_staleness is None else ("time_learner", "time_sync", "time_wait_sync")
     return {
         **sampling,
         **shaping,
@@ -118,9 +166,25 @@ def grpo_step(run: Run, rows: list[dict], order: DataOrder, step: int) -> dict:
         **sync,
         **timing,
         # batching, advantages, Ray calls (reward scoring overlapped with generation is in
-        # time_generate too)
-        "time_other": step_time - sum(v for k, v in timing.items() if k in PHASES),
+        # time_generate too); in an asynchronous run, also the wait for the batch
+        "time_other": step_time - sum(v for k, v in timing.items() if k in spent),
         "time_step": step_time,
+    }
+
+
+def drop_stale(groups: Groups, batch: Batch, learner_version: int, max_staleness: int) -> dict:
+    """Leave rows sampled by weights more than ``max_staleness`` versions behind
+    ``learner_version`` out of the loss (they still count in their group's baseline);
+    returns the batch's staleness figures and the number of rows dropped."""
+    versions = torch.tensor([c.weight_version for c in groups.completions])
+    staleness = learner_version - versions
+    stale = staleness > max_staleness
+    batch.loss_mask[stale] = 0.0
+    return {
+        "weight_version_min": int(versions.min()),
+        "staleness_mean": float(staleness.float().mean()),
+        "staleness_max": int(staleness.max()),
+        "stale_dropped": int(stale.sum()),
     }
 
 

@@ -72,13 +72,14 @@ class Run:
         spec = self.recipe.tools.spec() if tools else None
         return generate_rows(self.rollouts, self.chat, rows, spec, **sampling)
 
-    def sync_weights(self, full: bool = False) -> dict[str, int]:
+    def sync_weights(self, full: bool = False, version: int = 0) -> dict[str, int]:
         """Learner -> rollout workers: one gather on the learner, buckets of about
         ``rollout.sync_bucket_mb`` (files in shared memory when learner and engines share a
         machine, else through Ray's object store once, for all workers), reloaded one by one.
         With LoRA only the adapted weights move, unless ``full`` (an engine that may hold
-        other weights). Returns the sync's bytes and buckets, and its seconds in the learner
-        (gather and pack) and in the engines (transfer and reload)."""
+        other weights). ``version`` labels the weights in the engines: the GRPO step that
+        made them (0 before GRPO). Returns the sync's bytes and buckets, and its seconds in
+        the learner (gather and pack) and in the engines (transfer and reload)."""
         t0 = time.time()
         folder = None
         if self.sync_folder is not None:
@@ -88,7 +89,7 @@ class Run:
             bucket_mb=self.recipe.rollout.sync_bucket_mb, full=full, folder=folder
         )
         t1 = time.time()
-        self.rollouts.update_weights(buckets)
+        self.rollouts.update_weights(buckets, version=version)
         if folder is not None:  # the engines hold these weights now: the previous files go
             shutil.rmtree(os.path.join(self.sync_folder, str(self._syncs - 1)), ignore_errors=True)
         return {

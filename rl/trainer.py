@@ -19,6 +19,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from rl.async_sampler import AheadSampler
 from rl.batch import make_batch
 from rl.checkpoint import (
     DriverState,
@@ -37,7 +38,7 @@ from rl.data import (
 )
 from rl.errors import ConfigError
 from rl.evaluation import evaluate_held_out
-from rl.grpo import grpo_step
+from rl.grpo import grpo_step, learn_step
 from rl.metrics import plot_reward_curve
 from rl.progress import StepProgress
 from rl.schedule import lr_at
@@ -187,7 +188,7 @@ def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict
                 lr=lr,
                 time_learner=time.time() - t0,
             )
-        _maybe_checkpoint(run, "sft", step, cfg.steps, order, summary)
+        _maybe_checkpoint(run, "sft", step, cfg.steps, order.position, summary)
     run.sync_weights()
 
 
@@ -247,18 +248,48 @@ def _pieces_target(
 
 
 def run_grpo(run: Run, rows: list[dict], state: DriverState | None, summary: dict) -> None:
-    """GRPO: sample groups, score, advantages, policy-gradient updates, push weights."""
+    """GRPO: sample groups, score, advantages, policy-gradient updates, push weights; with
+    ``grpo.max_staleness`` > 0, sampling runs ahead of the learner (rl.async_sampler)."""
     cfg = run.recipe.grpo
     run.learner.configure_optimizer(cfg.lr, cfg.weight_decay)
     if cfg.kl_coef > 0:  # the policy as GRPO starts (a resume then loads the saved one)
         run.learner.snapshot_reference()
     first, order = _start_stage(run, "grpo", state, len(rows), run.recipe.seed + 1)
     bar = StepProgress(first, cfg.steps, "GRPO")
-    for step in bar:
-        metrics = grpo_step(run, rows, order, step)
-        run.log.write(step=step, stage="grpo", wall=time.time() + run.wall_offset, **metrics)
-        bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.3f}")
-        _maybe_checkpoint(run, "grpo", step, cfg.steps, order, summary)
+    sampler = None
+    if cfg.max_staleness > 0 and first <= cfg.steps:
+        sampler = AheadSampler(run, rows, order, first, cfg.steps, cfg.max_staleness)
+    try:
+        for step in bar:
+            if sampler is None:
+                metrics = grpo_step(run, rows, order, step)
+                position = order.position
+            else:
+                metrics, position = _async_step(run, sampler, step)
+            run.log.write(step=step, stage="grpo", wall=time.time() + run.wall_offset, **metrics)
+            bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.3f}")
+            _maybe_checkpoint(run, "grpo", step, cfg.steps, position, summary)
+    finally:
+        if sampler is not None:
+            sampler.close()
+
+
+def _async_step(run: Run, sampler: AheadSampler, step: int) -> tuple[dict, int]:
+    """Step ``step`` on the batch the sampler made ahead; its metrics and the data position
+    a resume starts from (after this batch's prompts: later batches are sampled again)."""
+    start = time.time()
+    sampled, waited = sampler.take(step)
+    metrics = learn_step(
+        run,
+        sampled,
+        step,
+        start,
+        max_staleness=sampler.max_staleness,
+        before_sync=lambda: sampler.before_sync(step),
+    )
+    sampler.synced(step)
+    metrics["idle_learner_s"] = waited
+    return metrics, sampled.position
 
 
 def _start_stage(
@@ -269,20 +300,23 @@ def _start_stage(
         return 1, DataOrder(num_rows, seed)
     path = list_checkpoints(run.out)[-1] / "learner"
     run.learner.load_state(str(path))
-    run.sync_weights(full=True)  # the engines hold the initial (or a shared run's) weights
+    # the engines hold the initial (or a shared run's) weights; labelled as the checkpoint's
+    run.sync_weights(full=True, version=state.step if stage == "grpo" else 0)
     return state.step + 1, DataOrder(num_rows, seed, state.data_position)
 
 
 def _maybe_checkpoint(
-    run: Run, stage: str, step: int, last: int, order: DataOrder, summary: dict
+    run: Run, stage: str, step: int, last: int, position: int, summary: dict
 ) -> None:
+    """A checkpoint after ``step`` if one is due; ``position``: the data order's position a
+    resume continues from."""
     every = run.recipe.checkpoint.every
     if step != last and (every == 0 or step % every):
         return
     state = DriverState(
         stage=stage,
         step=step,
-        data_position=order.position,
+        data_position=position,
         summary={"eval": dict(summary["eval"])},
         metrics_rows=run.log.rows,
         wall_seconds=round(time.time() + run.wall_offset, 1),

@@ -214,6 +214,7 @@ class VLLMEngine:
             **kwargs,
         )
         self.tokenizer = self.llm.get_tokenizer()
+        self.weight_version = 0  # stamped on every completion; set by update_weights
         self._tool_pool = None  # threads that run tool calls, made on first use
 
     def generate(
@@ -247,7 +248,7 @@ class VLLMEngine:
         from vllm.inputs import TokensPrompt
 
         if tools is not None:
-            return self._episodes(
+            episodes = self._episodes(
                 prompts,
                 n,
                 tools,
@@ -258,6 +259,9 @@ class VLLMEngine:
                 stop_token_ids,
                 None if seed is None else [seed + seed_offset + i for i in range(len(prompts))],
             )
+            for c in episodes:
+                c.weight_version = self.weight_version
+            return episodes
         params = [
             SamplingParams(
                 n=n,
@@ -281,7 +285,14 @@ class VLLMEngine:
             [c.token_ids for _, c in samples], skip_special_tokens=True
         )
         return [
-            Completion(i, list(c.token_ids), text, _sampled_logprobs(c), c.finish_reason or "stop")
+            Completion(
+                i,
+                list(c.token_ids),
+                text,
+                _sampled_logprobs(c),
+                c.finish_reason or "stop",
+                weight_version=self.weight_version,
+            )
             for (i, c), text in zip(samples, texts, strict=True)
         ]
 
@@ -361,12 +372,19 @@ class VLLMEngine:
             for out, seq, p in zip(outs, sequences, prompt_lens, strict=True)
         ]
 
-    def update_weights(self, blobs: bytes | str | Sequence[bytes] | Sequence[str]) -> int:
+    def update_weights(
+        self, blobs: bytes | str | Sequence[bytes] | Sequence[str], version: int | None = None
+    ) -> int:
         """Load new weights in place from ``pack_weights`` / ``pack_buckets`` blobs or bucket
         files (checkpoint names, any subset of the model's tensors), one bucket at a time;
-        returns the number of tensors loaded."""
+        returns the number of tensors loaded. ``version`` labels the weights held from now on
+        (stamped on completions); no blobs with a version relabels unchanged weights."""
+        if version is not None:
+            self.weight_version = version
         if isinstance(blobs, bytes | str):
             blobs = [blobs]
+        if not blobs:
+            return 0
         loaded = sum(sum(self.llm.collective_rpc(_reload, args=(blob,))) for blob in blobs)
         # cached prompt KV blocks were computed by the old weights: never reuse them
         if not self.llm.reset_prefix_cache():

@@ -118,6 +118,7 @@ class RolloutGroup:
             runtime_env={"env_vars": env},
         )(engine_cls)
         self._weights: ray.ObjectRef | None = None  # the latest sync, for replacements
+        self._version: int | None = None  # and the version it was labelled with
         self._samples = [0] * num_workers
         self._restarts = [0] * num_workers
         self._pg = placement_group([dict(self.bundle)] * num_workers, strategy=placement.upper())
@@ -180,22 +181,32 @@ class RolloutGroup:
         results = self._fan_out(submit, len(chunks), restore_weights=True, on_result=arrived)
         return [c for part in results for c in part]
 
-    def update_weights(self, buckets: ray.ObjectRef | bytes | Sequence[bytes]) -> list[int]:
+    def update_weights(
+        self, buckets: ray.ObjectRef | bytes | Sequence[bytes], version: int | None = None
+    ) -> list[int]:
         """Load the same weights into every worker (an ObjectRef to ``pack_buckets`` blobs or
         bucket file paths, as the learner exports them, or those); returns the tensors loaded
         per worker. Bucket files must stay until the next sync (a replacement reads them).
+        ``version`` labels the weights (``Completion.weight_version``); an empty list with a
+        version relabels the weights the workers hold.
 
         Every sync is taken to be the full state (as the trainer's are): the group keeps a
         reference to the latest one only (one copy in Ray's object store), and a replacement
-        worker loads ``model_dir`` and then that.
+        worker loads ``model_dir`` and then that. A worker's update runs after the calls
+        already queued on it: generation in flight finishes with the weights it started with.
         """
-        ref = buckets if isinstance(buckets, ray.ObjectRef) else ray.put(buckets)
+        relabel = isinstance(buckets, list | tuple) and not buckets
+        ref = buckets if isinstance(buckets, ray.ObjectRef) or relabel else ray.put(buckets)
+        label = {} if version is None else {"version": version}
         loaded = self._fan_out(
-            lambda _, worker: worker.update_weights.remote(ref),
+            lambda _, worker: worker.update_weights.remote(ref, **label),
             self.num_workers,
-            restore_weights=False,  # the retried call itself brings a replacement up to date
+            # the retried call itself brings a replacement up to date, unless it only relabels
+            restore_weights=relabel,
         )
-        self._weights = ref
+        if not relabel:
+            self._weights = ref
+        self._version = version if version is not None else self._version
         return loaded
 
     def node_ids(self) -> list[str]:
@@ -247,8 +258,10 @@ class RolloutGroup:
         self.restarts += 1
         self._restarts[slot] += 1
         ready = [worker.__ray_ready__.remote()]
-        if restore_weights and self._weights is not None:
-            ready.append(worker.update_weights.remote(self._weights))  # runs after __init__
+        label = {} if self._version is None else {"version": self._version}
+        if restore_weights and (self._weights is not None or label):
+            weights = [] if self._weights is None else self._weights
+            ready.append(worker.update_weights.remote(weights, **label))  # runs after __init__
         try:
             ray.get(ready, timeout=self.timeout_s)
         except Exception as err:

@@ -45,6 +45,10 @@ class Completion:
     finish_reason: str  # "stop" (EOS or stop string) or "length" (hit max_tokens)
     mask: list[int] | None = None
     trace: ToolTrace | None = None
+    weight_version: int = 0
+    """The version of the weights that sampled every one of its tokens (the engine's, as of
+    its latest ``update_weights``): a weight update waits for the engine call in flight, so
+    one completion never mixes versions."""
 
     @property
     def truncated(self) -> bool:

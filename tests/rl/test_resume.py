@@ -169,3 +169,41 @@ def test_resume_needs_a_checkpoint_and_the_same_recipe(tmp_path):
         ConfigError, match=r"differs from the run's at grpo.lr \(run: 1.0, now: 0.0001\)$"
     ):
         train(recipe, out, resume=True)
+
+
+def test_async_run_killed_and_resumed_trains_every_batch_once(rollouts, tiny_policy_dir, tmp_path):
+    """With ``grpo.max_staleness`` the sampler has drawn the next batch when a checkpoint is
+    taken: the checkpoint's data position is the trained batches' (the batch in flight is
+    sampled again after the resume, by the checkpoint's weights), so every prompt is trained
+    on once and the counts are the uninterrupted run's."""
+    from rl.checkpoint import load_driver_state
+
+    steps, prompts = 6, 8
+    overrides = [
+        f"model.path={tiny_policy_dir}",
+        *COMMON,
+        "sft.steps=4",
+        f"grpo.steps={steps}",
+        "grpo.max_staleness=1",
+        "grpo.mismatch_correction=token",
+        "checkpoint.every=2",
+    ]
+    recipe = load_recipe("recipes/demo.yaml", overrides)
+    out = tmp_path / "killed"
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "rl.cli", "train", "recipes/demo.yaml", "--out", str(out)]
+    _kill_after([*cmd, *overrides, f"ray.address={address}"], out, "grpo", 3)
+    latest = list_checkpoints(out)[-1]
+    at = load_driver_state(latest).step
+    assert latest.name.startswith("grpo-") and at in (2, 4), latest.name  # 3 was logged
+    assert load_driver_state(latest).data_position == at * prompts
+
+    train(recipe, out, rollouts=rollouts, resume=True)
+    grpo = _rows(out, "grpo")
+    assert sorted(grpo) == list(range(1, steps + 1))  # each step logged once
+    assert all(grpo[s]["samples"] == prompts * 4 for s in grpo)
+    assert load_driver_state(list_checkpoints(out)[-1]).data_position == steps * prompts
+    # after the resume the pipeline starts again from the checkpoint's weights
+    assert grpo[at + 1]["weight_version_min"] == at and grpo[at + 1]["staleness_max"] == 0
+    for s in range(at + 2, steps + 1):
+        assert grpo[s]["weight_version_min"] == s - 2 and grpo[s]["staleness_max"] == 1, s

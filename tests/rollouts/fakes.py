@@ -18,6 +18,7 @@ class EngineDeadError(RuntimeError):
 class FakeEngine:
     def __init__(self, model_dir: str, *, seed: int = 0, kv_cache_gib: int = 1) -> None:
         self.weights = f"loaded {model_dir}"
+        self.weight_version = 0
         self.engine_dead = False
 
     def generate(
@@ -39,15 +40,26 @@ class FakeEngine:
         if BAD in prompts:
             raise ValueError("bad prompt")
         return [
-            Completion(i, [*p, seed + seed_offset + i, k], self.weights, [], "stop")
+            Completion(
+                i,
+                [*p, seed + seed_offset + i, k],
+                self.weights,
+                [],
+                "stop",
+                weight_version=self.weight_version,
+            )
             for i, p in enumerate(prompts)
             for k in range(n)
         ]
 
-    def update_weights(self, blobs):
+    def update_weights(self, blobs, version=None):
         if self.engine_dead:
             raise EngineDeadError("engine core died")
+        if version is not None:
+            self.weight_version = version
         blobs = [blobs] if isinstance(blobs, bytes) else blobs
+        if not blobs:
+            return 0
         self.weights = b"".join(blobs).decode()
         return len(blobs)
 
