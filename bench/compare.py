@@ -95,7 +95,7 @@ def compare_policy(name: str, reps: int, steps: int) -> dict:
         out[tool]["mean_reward_over_reps"] = statistics.fmean(r["mean_reward"] for r in rs)
         out[tool]["mean_reward_per_rep"] = [r["mean_reward"] for r in rs]
     out["ratio_samples_per_s"] = out["r1kit"]["samples_per_s"] / out["trl"]["samples_per_s"]
-    out["ratios_per_rep"] = [
+    out["ratio_per_rep"] = [
         a["samples_per_s"] / b["samples_per_s"]
         for a, b in zip(runs["r1kit"], runs["trl"], strict=True)
     ]

@@ -20,6 +20,8 @@ the metrics; the engines' wait for new weights is ``idle_rollout_s``.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import threading
 import time
 
@@ -31,7 +33,9 @@ from rl.setup import Run
 class AheadSampler:
     """Samples GRPO batches ``first .. last`` in a background thread, at most ``max_staleness``
     weight versions ahead of the learner (see the module docstring). ``synced(s)`` tells it
-    the engines hold step ``s``'s weights; ``take(t)`` waits for batch ``t``."""
+    the engines hold step ``s``'s weights; ``take(t)`` waits for batch ``t``. With
+    ``max_staleness`` 0 it keeps the synchronous schedule (each batch after the previous
+    step's sync), in a thread: what tests compare the asynchronous path with."""
 
     def __init__(
         self,
@@ -42,10 +46,13 @@ class AheadSampler:
         last: int,
         max_staleness: int,
     ) -> None:
-        if max_staleness < 1:
-            raise ValueError(f"AheadSampler needs max_staleness >= 1, got {max_staleness}")
+        if max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
         self.first, self.last, self.max_staleness = first, last, max_staleness
-        self._run, self._rows, self._order = run, rows, order
+        # the same actors and pools, with a tokenizer of its own: a fast (Rust) tokenizer
+        # used from two threads at once raises "Already borrowed"
+        self._run = dataclasses.replace(run, tokenizer=copy.deepcopy(run.tokenizer))
+        self._rows, self._order = rows, order
         self._cond = threading.Condition()
         self._synced = first - 1  # the version the engines hold
         self._generated = first - 1  # the last batch sampled (generated and scored)

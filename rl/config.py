@@ -321,7 +321,8 @@ class RolloutConfig:
     placement: Placement = "pack"
     """Ray placement-group strategy of the workers."""
     threads: PositiveInt | None = None
-    """OpenMP threads of each engine on CPU (default: the machine's cores / workers)."""
+    """OpenMP threads of each engine on CPU (default: the machine's cores / workers; half the
+    cores with ``grpo.max_staleness`` > 0, when the engines run beside the learner)."""
     prefix_caching: bool = True
     """A prompt's G samples share its KV blocks in the engine (reset at every weight sync;
     vLLM-CPU turns it off for MLA policies itself)."""
@@ -413,7 +414,8 @@ class LearnerConfig:
     backend: Literal["auto", "gloo", "nccl"] = "auto"
     """torch.distributed backend; auto: nccl on GPU, gloo on CPU."""
     threads: PositiveInt | None = None
-    """Torch threads per rank (default: cores / world_size, at least 1)."""
+    """Torch threads per rank (default: cores / world_size, at least 1; the other half of the
+    cores with ``grpo.max_staleness`` > 0)."""
 
 
 @dataclass

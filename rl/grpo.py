@@ -16,6 +16,10 @@
 Everything random in a step is a function of the step number (sampling seeds, shuffles), and
 prompts come from a ``DataOrder`` whose position is checkpointed: a resumed run repeats the
 steps of an uninterrupted one.
+
+``grpo_step`` is ``sample_batch`` then ``learn_step``; asynchronous GRPO
+(``grpo.max_staleness`` > 0, ``rl.async_sampler``) runs ``sample_batch`` ahead in a thread
+and ``learn_step`` leaves rows sampled by weights too old out of the loss (``drop_stale``).
 """
 
 from __future__ import annotations

@@ -35,3 +35,15 @@ def test_the_median_is_one_real_run():
     runs = [{"samples_per_s": s, "id": i} for i, s in enumerate([5.0, 1.0, 3.0])]
     assert median_run(runs)["id"] == 2
     assert median_run(runs[:2])["id"] == 1  # even count: the lower middle
+
+
+def test_time_to_the_synchronous_reward_uses_the_trailing_mean():
+    from bench.staleness import WINDOW, final_reward, wall_to_reward
+
+    rewards = [0.0] * WINDOW + [1.0] * WINDOW
+    walls = [float(i + 1) for i in range(len(rewards))]
+    assert final_reward(rewards) == 1.0
+    # the trailing mean first reaches 0.6 at the window's 3rd all-1 step
+    assert wall_to_reward(rewards, walls, 0.6) == walls[WINDOW + 2]
+    assert wall_to_reward(rewards, walls, 1.0) == walls[-1]
+    assert wall_to_reward(rewards, walls, 1.1) is None
