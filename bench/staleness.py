@@ -1,12 +1,12 @@
 """Asynchronous GRPO against the synchronous loop, side by side on the demo (issue 15).
 
     python -m bench.staleness [--staleness 0,1,2] [--seeds 0,1,2] [--steps 60]
-                              [--prompts 16] [--out bench/results/staleness.json]
+                              [--prompts 16] [--lr 5e-5] [--out bench/results/staleness.json]
 
 One starting checkpoint (the demo's SFT stage, cached under bench/.cache), then GRPO runs of
-the demo recipe from it with ``grpo.max_staleness`` k (k > 0 with the decoupled token-level
-correction), for every seed, interleaved (seed-major, k alternating), so that the machine's
-drift hits every k alike. Per run:
+the demo recipe from it at ``--lr`` with ``grpo.max_staleness`` k (k > 0 with the decoupled
+token-level correction), for every seed, interleaved (seed-major, k alternating), so that the
+machine's drift hits every k alike. Per run:
 
 - ``samples_per_s``: samples over the wall time of steps 2..S (step 1 fills caches);
 - ``final_accuracy``: greedy held-out accuracy after GRPO (the demo's 512 held-out rows);
@@ -41,6 +41,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=60, help="GRPO steps per run")
     parser.add_argument("--prompts", type=int, default=16, help="grpo.prompts_per_step")
+    parser.add_argument(
+        "--lr",
+        type=float,
+        default=5e-5,
+        help="grpo.lr for every k (the demo's 1e-4 is too high for k > 0: docs/async.md)",
+    )
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "staleness.json"))
     args = parser.parse_args()
     ks = [int(k) for k in args.staleness.split(",")]
@@ -50,7 +56,8 @@ def main() -> None:
 
     recipe = yaml.safe_load(DEMO.read_text())
     recipe["grpo"].update(steps=args.steps, prompts_per_step=args.prompts)
-    policy, rl_file = starting_policy(recipe)
+    policy, rl_file = starting_policy(recipe)  # cached by the SFT recipe: the same for any lr
+    recipe["grpo"]["lr"] = args.lr
     runs: dict[tuple[int, int], dict] = {}
     for seed in seeds:
         order = ks if seed % 2 == 0 else ks[::-1]
@@ -102,6 +109,7 @@ def main() -> None:
             "recipe": "recipes/demo.yaml",
             "steps": args.steps,
             "prompts_per_step": args.prompts,
+            "lr": args.lr,
             "group_size": recipe["grpo"]["group_size"],
             "window": WINDOW,
             "correction": "token (k > 0)",

@@ -247,9 +247,17 @@ def _pieces_target(
     return ids, mask
 
 
-def run_grpo(run: Run, rows: list[dict], state: DriverState | None, summary: dict) -> None:
+def run_grpo(
+    run: Run,
+    rows: list[dict],
+    state: DriverState | None,
+    summary: dict,
+    threaded: bool | None = None,
+) -> None:
     """GRPO: sample groups, score, advantages, policy-gradient updates, push weights; with
-    ``grpo.max_staleness`` > 0, sampling runs ahead of the learner (rl.async_sampler)."""
+    ``grpo.max_staleness`` > 0, sampling runs ahead of the learner (rl.async_sampler).
+    ``threaded``: sample in the sampler thread (default: when max_staleness > 0; at 0 it
+    keeps the synchronous schedule, which tests compare with the synchronous loop)."""
     cfg = run.recipe.grpo
     run.learner.configure_optimizer(cfg.lr, cfg.weight_decay)
     if cfg.kl_coef > 0:  # the policy as GRPO starts (a resume then loads the saved one)
@@ -257,7 +265,9 @@ def run_grpo(run: Run, rows: list[dict], state: DriverState | None, summary: dic
     first, order = _start_stage(run, "grpo", state, len(rows), run.recipe.seed + 1)
     bar = StepProgress(first, cfg.steps, "GRPO")
     sampler = None
-    if cfg.max_staleness > 0 and first <= cfg.steps:
+    if threaded is None:
+        threaded = cfg.max_staleness > 0
+    if threaded and first <= cfg.steps:
         sampler = AheadSampler(run, rows, order, first, cfg.steps, cfg.max_staleness)
     try:
         for step in bar:

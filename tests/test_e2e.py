@@ -22,7 +22,7 @@ import torch
 from model import load_policy
 from rl.config import load_recipe
 from rl.trainer import train
-from tests.parity import teacher_forced
+from tests.parity import chat_prompts, engine_gap
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -91,31 +91,9 @@ def test_sft_then_grpo_end_to_end(rollouts, rollout_worker, tiny_policy_dir, tmp
     # and differ from the SFT checkpoint's.
     final, tok = load_policy(tmp_path / "checkpoints" / "grpo")
     before, _ = load_policy(tmp_path / "checkpoints" / "sft")
-    prompts = [
-        tok.apply_chat_template(
-            [{"role": "user", "content": p}], add_generation_prompt=True, return_dict=False
-        )
-        for p in ("3+4", "8-5", "6+6")
-    ]
+    prompts = chat_prompts(tok, ("3+4", "8-5", "6+6"))
     out = ray.get(rollout_worker.generate.remote(prompts, n=4, max_tokens=24, seed=11))
-    match = torch.cat(
-        [
-            (
-                teacher_forced(final, prompts[c.prompt_index], c.token_ids)
-                - torch.tensor(c.logprobs)
-            ).abs()
-            for c in out
-        ]
-    )
-    moved = torch.cat(
-        [
-            (
-                teacher_forced(before, prompts[c.prompt_index], c.token_ids)
-                - torch.tensor(c.logprobs)
-            ).abs()
-            for c in out
-        ]
-    )
+    match, moved = engine_gap(final, prompts, out), engine_gap(before, prompts, out)
     assert match.mean() < 1e-4 and match.max() < 1e-3, (match.mean(), match.max())
     assert moved.mean() > 1e-2, moved.mean()
 
