@@ -66,40 +66,8 @@ def main() -> None:
             runs[k, seed] = run_grpo(recipe, policy, rl_file, k, seed)
             print(f"  {brief(runs[k, seed])}", flush=True)
 
-    rows = []
-    for seed in seeds:
-        target = final_reward(runs[0, seed]["rewards"])
-        for k in ks:
-            run = runs[k, seed]
-            rows.append(
-                {
-                    "max_staleness": k,
-                    "seed": seed,
-                    "samples_per_s": run["samples_per_s"],
-                    "final_accuracy": run["final_accuracy"],
-                    "wall_to_sync_reward_s": wall_to_reward(run["rewards"], run["walls"], target),
-                    "sync_final_train_reward": target,
-                    "final_train_reward": final_reward(run["rewards"]),
-                    "step_s": run["step_s"],
-                    "time_split": run["time_split"],
-                    "peak_rss_mb": run["peak_rss_mb"],
-                }
-            )
-    summary = {}
-    for k in ks:
-        mine = [r for r in rows if r["max_staleness"] == k]
-        reached = [
-            r["wall_to_sync_reward_s"] for r in mine if r["wall_to_sync_reward_s"] is not None
-        ]
-        summary[str(k)] = {
-            **{
-                key: statistics.fmean(r[key] for r in mine)
-                for key in ("samples_per_s", "final_accuracy", "step_s")
-            },
-            "final_accuracy_per_seed": [r["final_accuracy"] for r in mine],
-            "reached_sync_reward": f"{len(reached)}/{len(mine)}",
-            "wall_to_sync_reward_s": statistics.fmean(reached) if reached else None,
-        }
+    rows = result_rows(runs, seeds, ks)
+    summary = summarize_rows(rows, ks)
     result = {
         "rows": rows,
         "summary": summary,
@@ -124,6 +92,50 @@ def main() -> None:
             f"{s['reached_sync_reward']} runs (mean {s['wall_to_sync_reward_s']} s)"
         )
     print(f"wrote {args.out}")
+
+
+def result_rows(runs: dict[tuple[int, int], dict], seeds: list[int], ks: list[int]) -> list:
+    """One row per (seed, k), timed against the same seed's synchronous run."""
+    rows = []
+    for seed in seeds:
+        target = final_reward(runs[0, seed]["rewards"])
+        for k in ks:
+            run = runs[k, seed]
+            rows.append(
+                {
+                    "max_staleness": k,
+                    "seed": seed,
+                    "samples_per_s": run["samples_per_s"],
+                    "final_accuracy": run["final_accuracy"],
+                    "wall_to_sync_reward_s": wall_to_reward(run["rewards"], run["walls"], target),
+                    "sync_final_train_reward": target,
+                    "final_train_reward": final_reward(run["rewards"]),
+                    "step_s": run["step_s"],
+                    "time_split": run["time_split"],
+                    "peak_rss_mb": run["peak_rss_mb"],
+                }
+            )
+    return rows
+
+
+def summarize_rows(rows: list[dict], ks: list[int]) -> dict:
+    """Per k: means over seeds, accuracy per seed, how many runs reached the sync reward."""
+    summary = {}
+    for k in ks:
+        mine = [r for r in rows if r["max_staleness"] == k]
+        reached = [
+            r["wall_to_sync_reward_s"] for r in mine if r["wall_to_sync_reward_s"] is not None
+        ]
+        summary[str(k)] = {
+            **{
+                key: statistics.fmean(r[key] for r in mine)
+                for key in ("samples_per_s", "final_accuracy", "step_s")
+            },
+            "final_accuracy_per_seed": [r["final_accuracy"] for r in mine],
+            "reached_sync_reward": f"{len(reached)}/{len(mine)}",
+            "wall_to_sync_reward_s": statistics.fmean(reached) if reached else None,
+        }
+    return summary
 
 
 def run_grpo(recipe: dict, policy: Path, rl_file: Path, k: int, seed: int) -> dict:

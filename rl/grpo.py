@@ -124,23 +124,7 @@ def learn_step(
         _zero_variance(groups.rewards, cfg.group_size).float().mean()
     )
 
-    batch = make_batch(
-        groups.prompts,
-        [c.token_ids for c in groups.completions],
-        run.pad_id,
-        rollout_logprobs=[c.logprobs for c in groups.completions],
-        completion_masks=[c.mask for c in groups.completions],
-    )
-    rewards, shaping = shape_rewards(run, groups, batch)
-    _void_trajectories(run, groups, batch, rewards, shaping)
-    batch.advantages = compute_advantages(rewards, cfg.group_size, cfg.estimator)
-    if cfg.mask_truncated:
-        truncated = torch.tensor([c.truncated for c in groups.completions])
-        batch.loss_mask[truncated] = 0.0
-        # rows the loss no longer sees (every truncated one, if the masking took)
-        shaping["rows_masked_truncated"] = int((batch.loss_mask.sum(1) == 0).sum())
-    if max_staleness is not None:
-        shaping.update(drop_stale(groups, batch, step - 1, max_staleness))
+    batch, shaping = training_batch(run, groups, step, max_staleness)
 
     t0 = time.time()
     lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps, cfg.lr_schedule)
@@ -150,11 +134,7 @@ def learn_step(
     if before_sync is not None:
         timing["time_wait_sync"] = before_sync()
     t0 = time.time()
-    if update["optimizer_steps"]:
-        sync = run.sync_weights(version=step)
-    else:  # no optimizer step (every group's rewards equal): the engines hold these weights
-        run.rollouts.update_weights([], version=step)  # under this step's version
-        sync = {"sync_bytes": 0, "sync_buckets": 0}
+    sync = _push_weights(run, step, changed=bool(update["optimizer_steps"]))
     timing["time_sync"] = time.time() - t0
     step_time = time.time() - start
     # sampled meanwhile, in an asynchronous run: not part of this step's wall time
@@ -174,6 +154,41 @@ def learn_step(
         "time_other": step_time - sum(v for k, v in timing.items() if k in spent),
         "time_step": step_time,
     }
+
+
+def training_batch(
+    run: Run, groups: Groups, step: int, max_staleness: int | None
+) -> tuple[Batch, dict]:
+    """The learner's batch of ``groups``: tokens, shaped rewards, advantages and loss mask
+    (void trajectories, truncation, staleness); with the shaping metrics."""
+    cfg = run.recipe.grpo
+    batch = make_batch(
+        groups.prompts,
+        [c.token_ids for c in groups.completions],
+        run.pad_id,
+        rollout_logprobs=[c.logprobs for c in groups.completions],
+        completion_masks=[c.mask for c in groups.completions],
+    )
+    rewards, shaping = shape_rewards(run, groups, batch)
+    _void_trajectories(run, groups, batch, rewards, shaping)
+    batch.advantages = compute_advantages(rewards, cfg.group_size, cfg.estimator)
+    if cfg.mask_truncated:
+        truncated = torch.tensor([c.truncated for c in groups.completions])
+        batch.loss_mask[truncated] = 0.0
+        # rows the loss no longer sees (every truncated one, if the masking took)
+        shaping["rows_masked_truncated"] = int((batch.loss_mask.sum(1) == 0).sum())
+    if max_staleness is not None:
+        shaping.update(drop_stale(groups, batch, step - 1, max_staleness))
+    return batch, shaping
+
+
+def _push_weights(run: Run, step: int, changed: bool) -> dict:
+    """Step ``step``'s weights to the engines, labelled with its version; a step without an
+    optimizer step (every group's rewards equal) only relabels what the engines hold."""
+    if changed:
+        return run.sync_weights(version=step)
+    run.rollouts.update_weights([], version=step)
+    return {"sync_bytes": 0, "sync_buckets": 0}
 
 
 def drop_stale(groups: Groups, batch: Batch, learner_version: int, max_staleness: int) -> dict:
