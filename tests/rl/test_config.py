@@ -226,7 +226,8 @@ RULES = [
     (["eval.temperature=0"], "key 'eval.temperature' must be > 0, got 0"),
     (["eval.temperature=0.6"], None),
     # -- rollout
-    (["rollout.kv_cache_gib=0"], "key 'rollout.kv_cache_gib' must be >= 1, got 0"),
+    (["rollout.kv_cache_gib=0"], "key 'rollout.kv_cache_gib' must be > 0 or null, got 0"),
+    (["rollout.kv_cache_gib=0.25"], None),
     (["rollout.max_model_len=0"], "key 'rollout.max_model_len' must be >= 1, got 0"),
     (["rollout.max_num_seqs=0"], "key 'rollout.max_num_seqs' must be >= 1, got 0"),
     (["rollout.seed=-1"], "key 'rollout.seed' must be >= 0, got -1"),

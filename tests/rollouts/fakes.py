@@ -16,7 +16,7 @@ class EngineDeadError(RuntimeError):
 
 
 class FakeEngine:
-    def __init__(self, model_dir: str, *, seed: int = 0, kv_cache_gib: int = 1) -> None:
+    def __init__(self, model_dir: str, *, seed: int = 0, kv_cache_gib: float | None = None) -> None:
         self.weights = f"loaded {model_dir}"
         self.weight_version = 0
         self.engine_dead = False
