@@ -124,10 +124,11 @@ def run_check(
     max_tokens: int = 32,
     break_sync: tuple[str, ...] = (),
     folder: str | None = None,
+    collective: bool = False,
 ) -> dict:
     """The parity report of ``rollout`` (a VLLMEngine actor) against ``learner``: see above.
     ``folder``: the sync goes through bucket files written there (shared memory) instead of
-    Ray's object store."""
+    Ray's object store; ``collective``: over a weight-sync group of rank 0 and the engine."""
     batch = probe_batch(rollout, tokenizer, prompts, samples, max_tokens, seed=0)
     sampled = _learner_vs(learner, batch, batch.rollout_logprobs)
     # old logprobs come from one forward over the batch, the update from training
@@ -140,8 +141,16 @@ def run_check(
     learner.configure_optimizer(1e-2)
     learner.sft_step(batch, lr=1e-2, micro_batch_size=64)
     t0 = time.time()
-    blob = learner.export_weights(exclude=break_sync, folder=folder)
-    ray.get(rollout.update_weights.remote(blob))
+    if collective:
+        host, port, backend = learner.weight_group_address()
+        joined = rollout.join_weight_group.remote(host, port, 1, 2, backend)
+        ray.get([learner.join_weight_group(host, port, 2), joined])
+        t0 = time.time()  # the group forms once per run, not per sync
+        layout = ray.get(learner.export_weights(exclude=break_sync, collective=True))
+        ray.get([rollout.receive_weights.remote(layout), learner.send_weights()])
+    else:
+        blob = learner.export_weights(exclude=break_sync, folder=folder)
+        ray.get(rollout.update_weights.remote(blob))
     sync_s = time.time() - t0
     after = _learner_vs(learner, batch, _engine_scores(rollout, batch))
 
@@ -156,7 +165,9 @@ def run_check(
         "tokens": int(sampled.numel()),
         "sync_seconds": round(sync_s, 3),
         "dtype": dtype,
-        "transport": "object_store" if folder is None else "shared_memory",
+        "transport": (
+            "collective" if collective else "object_store" if folder is None else "shared_memory"
+        ),
     }
     failures = [
         f"logprob |diff| {k} {report['logprob_abs_diff'][k]:.3g} > {limits[k]:g}"
@@ -205,12 +216,20 @@ def check(
             rollout = group.workers[0]
         learner = LearnerGroup(str(model_dir), world_size, dtype=dtype)
         engine_node = rollout.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
-        folder = sync_folder(transport, [learner.node_id(), ray.get(engine_node)])
+        collective = transport == "collective"
+        nodes = [learner.node_id(), ray.get(engine_node)]
+        folder = None if collective else sync_folder(transport, nodes)
         try:
             if group is None:  # a shared engine may hold anything: give it this model's weights
                 ray.get(rollout.update_weights.remote(learner.export_weights()))
             report = run_check(
-                rollout, learner, tokenizer, dtype=dtype, break_sync=break_sync, folder=folder
+                rollout,
+                learner,
+                tokenizer,
+                dtype=dtype,
+                break_sync=break_sync,
+                folder=folder,
+                collective=collective,
             )
         finally:
             if folder is not None:

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--transport",
         default="auto",
-        choices=["auto", "shared_memory", "object_store"],
+        choices=["auto", "shared_memory", "collective", "object_store"],
         help="how the checked weight sync travels (default: shared memory on one machine)",
     )
     check.add_argument(

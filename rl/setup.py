@@ -42,6 +42,7 @@ class Run:
     own_rollouts: bool = True
     wall_offset: float = 0.0  # wall seconds of earlier sessions of a resumed run - start time
     sync_folder: str | None = None  # shared memory for weight syncs; None: Ray's object store
+    collective: bool = False  # weight syncs broadcast over a torch.distributed group
     _syncs: int = 0
 
     @property
@@ -80,6 +81,8 @@ class Run:
         other weights). ``version`` labels the weights in the engines: the GRPO step that
         made them (0 before GRPO). Returns the sync's bytes and buckets, and its seconds in
         the learner (gather and pack) and in the engines (transfer and reload)."""
+        if self.collective:
+            return self._sync_collective(full, version)
         t0 = time.time()
         folder = None
         if self.sync_folder is not None:
@@ -96,6 +99,42 @@ class Run:
             **self.learner.last_export_size(),
             "sync_gather_s": t1 - t0,
             "sync_load_s": time.time() - t1,
+        }
+
+    def _sync_collective(self, full: bool, version: int) -> dict[str, Any]:
+        """``sync_weights`` over the weight-sync group (formed again after a replacement):
+        rank 0 broadcasts flat buckets, each engine reloads each as it arrives. If an engine
+        dies meanwhile, the same weights go through Ray's object store (which replaces it)
+        and the group forms again at the next sync; counted in ``sync_fallbacks``."""
+        from rollouts.group import RolloutWorkerError
+
+        t0 = time.time()
+        if not self.rollouts.weight_group_current:
+            host, port, backend = self.learner.weight_group_address()
+            joins = self.rollouts.join_weight_group(host, port, backend)
+            world = self.rollouts.num_workers + 1
+            ray.get([self.learner.join_weight_group(host, port, world), *joins], timeout=600)
+        layout = ray.get(
+            self.learner.export_weights(
+                bucket_mb=self.recipe.rollout.sync_bucket_mb, full=full, collective=True
+            )
+        )
+        t1 = time.time()
+        sent = self.learner.send_weights()
+        fallbacks = 0
+        try:
+            self.rollouts.receive_weights(layout, version, restore=self.learner.last_sync_blobs)
+            ray.get(sent)
+        except (RolloutWorkerError, ray.exceptions.RayTaskError) as err:
+            tqdm.write(f"weight sync over the group failed ({err}); through Ray's object store")
+            ray.wait([sent], timeout=600)  # rank 0 has failed or finished its broadcast
+            self.rollouts.update_weights(self.learner.last_sync_blobs(), version=version)
+            fallbacks = 1
+        return {
+            **self.learner.last_export_size(),
+            "sync_gather_s": t1 - t0,
+            "sync_load_s": time.time() - t1,
+            "sync_fallbacks": fallbacks,
         }
 
     def close(self) -> None:
@@ -322,7 +361,9 @@ def start_run(
         own_rollouts=own_rollouts,
     )
     nodes = [learner.node_id(), *rollouts.node_ids()]
-    run.sync_folder = sync_folder(recipe.rollout.sync_transport, nodes)
+    run.collective = recipe.rollout.sync_transport == "collective"
+    if not run.collective:
+        run.sync_folder = sync_folder(recipe.rollout.sync_transport, nodes)
     if not own_rollouts:
         run.sync_weights(full=True)  # shared engines may hold anything: all the learner's weights
     try:

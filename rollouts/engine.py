@@ -25,10 +25,15 @@ from rollouts.types import Completion
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
 
 
-def _reload(worker, blob: bytes | str) -> int:  # runs inside vLLM's worker process
+def _reload(worker, blob: bytes | str | list[tuple[str, torch.Tensor]]) -> int:
+    """Runs inside vLLM's worker process: one bucket (a safetensors blob or file, or the
+    ``(name, tensor)`` pairs a collective sync received) through vLLM's reload."""
     from safetensors.torch import load, load_file
 
-    named = load_file(blob) if isinstance(blob, str) else load(blob)
+    if isinstance(blob, list):
+        named = dict(blob)
+    else:
+        named = load_file(blob) if isinstance(blob, str) else load(blob)
     worker.model_runner.reload_weights(weights_iterator=iter(named.items()))
     model = worker.model_runner.get_model()
     _repack_cpu_experts(model, named)
@@ -132,16 +137,7 @@ def pack_buckets(
     each, cut only between layers (a layer larger than the bound is one bucket): blobs to ship
     through Ray's object store, or, with ``folder`` (on a tmpfs such as /dev/shm: memory, no
     disk), files written there whose paths an engine on the same machine reads."""
-    buckets: list[list[tuple[str, torch.Tensor]]] = [[]]
-    size, unit = 0, None
-    for name, tensor in named:
-        nbytes = tensor.numel() * tensor.element_size()
-        if buckets[-1] and _layer_of(name) != unit and size + nbytes > bucket_bytes:
-            buckets.append([])
-            size = 0
-        buckets[-1].append((name, tensor))
-        size, unit = size + nbytes, _layer_of(name)
-    buckets = [bucket for bucket in buckets if bucket]
+    buckets = split_buckets(named, bucket_bytes)
     if folder is None:
         return [pack_weights(bucket) for bucket in buckets]
     from safetensors.torch import save_file
@@ -153,6 +149,23 @@ def pack_buckets(
         save_file({k: v.detach().contiguous() for k, v in bucket}, path)
         paths.append(path)
     return paths
+
+
+def split_buckets(
+    named: Iterable[tuple[str, torch.Tensor]], bucket_bytes: int
+) -> list[list[tuple[str, torch.Tensor]]]:
+    """``(name, tensor)`` pairs cut into buckets of about ``bucket_bytes``, only between
+    layers (a layer larger than the bound is one bucket)."""
+    buckets: list[list[tuple[str, torch.Tensor]]] = [[]]
+    size, unit = 0, None
+    for name, tensor in named:
+        nbytes = tensor.numel() * tensor.element_size()
+        if buckets[-1] and _layer_of(name) != unit and size + nbytes > bucket_bytes:
+            buckets.append([])
+            size = 0
+        buckets[-1].append((name, tensor))
+        size, unit = size + nbytes, _layer_of(name)
+    return [bucket for bucket in buckets if bucket]
 
 
 def _sampled_logprobs(sample) -> list[float]:
@@ -420,6 +433,39 @@ class VLLMEngine:
         loaded = sum(sum(self.llm.collective_rpc(_reload, args=(blob,))) for blob in blobs)
         # cached prompt KV blocks were computed by the old weights: never reuse them
         if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM kept its prefix cache after a weight update")
+        return loaded
+
+    def join_weight_group(
+        self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo"
+    ) -> None:
+        """Become member ``rank`` of the weight-sync group (rollouts/weight_transfer.py);
+        returns once every member has joined."""
+        from rollouts.weight_transfer import WeightGroup
+
+        self._weight_group = WeightGroup(host, port, rank, world_size, backend)
+
+    def receive_weights(self, buckets: Sequence[Sequence[Any]], version: int | None = None) -> int:
+        """Receive a sync the learner's rank 0 broadcasts over the weight-sync group: one
+        flat buffer per bucket (``buckets``: its ``TensorMeta`` rows), each reloaded as soon as
+        it arrives (one bucket beyond the model held at a time); as ``update_weights``."""
+        from rollouts.weight_transfer import bucket_bytes, unflatten
+
+        group = getattr(self, "_weight_group", None)
+        if group is None:
+            raise RuntimeError("receive_weights before join_weight_group")
+        loaded = 0
+        try:
+            for metas in buckets:
+                buffer = torch.empty(bucket_bytes(metas), dtype=torch.uint8, device=group.device)
+                named = unflatten(group.broadcast(buffer), metas)
+                loaded += sum(self.llm.collective_rpc(_reload, args=(named,)))
+        except Exception:  # a member died: leave (the others fail now, not at the timeout)
+            group.close()
+            self._weight_group = None
+            raise
+        self.weight_version = self.weight_version if version is None else version
+        if buckets and not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM kept its prefix cache after a weight update")
         return loaded
 

@@ -117,8 +117,10 @@ class RolloutGroup:
             max_restarts=0,  # the group replaces a dead worker itself, with the latest weights
             runtime_env={"env_vars": env},
         )(engine_cls)
-        self._weights: ray.ObjectRef | None = None  # the latest sync, for replacements
+        # the latest sync, for replacements (or what gives it, after a collective sync)
+        self._weights: ray.ObjectRef | Callable[[], ray.ObjectRef] | None = None
         self._version: int | None = None  # and the version it was labelled with
+        self._group_restarts: int | None = None  # restarts when the weight-sync group formed
         self._samples = [0] * num_workers
         self._restarts = [0] * num_workers
         self._pg = placement_group([dict(self.bundle)] * num_workers, strategy=placement.upper())
@@ -209,6 +211,41 @@ class RolloutGroup:
         self._version = version if version is not None else self._version
         return loaded
 
+    def join_weight_group(self, host: str, port: int, backend: str) -> list[ray.ObjectRef]:
+        """Every worker joins the weight-sync group (rollouts/weight_transfer.py) as members
+        1..n; member 0, the sender, joins apart. The refs complete once all members have."""
+        self._group_restarts = self.restarts
+        world = self.num_workers + 1
+        return [
+            worker.join_weight_group.remote(host, port, slot + 1, world, backend)
+            for slot, worker in enumerate(self.workers)
+        ]
+
+    @property
+    def weight_group_current(self) -> bool:
+        """Whether every worker is in the weight-sync group (no replacement since it formed)."""
+        return self._group_restarts == self.restarts
+
+    def receive_weights(
+        self,
+        buckets: Sequence[Sequence[Any]],
+        version: int | None,
+        restore: Callable[[], ray.ObjectRef],
+    ) -> list[int]:
+        """Every worker receives the sync member 0 broadcasts (``buckets``: its layout, as
+        ``VLLMEngine.receive_weights`` takes it); the tensors loaded per worker. ``restore()``
+        gives the same weights as blobs: called only if a worker is replaced before the next
+        sync. A worker that dies meanwhile fails the whole sync (RolloutWorkerError): it is
+        replaced by the next call that needs it, and the group must form again."""
+        refs = [worker.receive_weights.remote(buckets, version) for worker in self.workers]
+        try:
+            loaded = ray.get(refs, timeout=self.timeout_s)
+        except Exception as err:
+            self._group_restarts = None
+            raise RolloutWorkerError(f"collective weight sync failed: {err}") from err
+        self._weights, self._version = restore, version
+        return loaded
+
     def node_ids(self) -> list[str]:
         """The Ray node each worker runs on."""
         return self._fan_out(
@@ -261,6 +298,8 @@ class RolloutGroup:
         label = {} if self._version is None else {"version": self._version}
         if restore_weights and (self._weights is not None or label):
             weights = [] if self._weights is None else self._weights
+            if callable(weights):  # the last sync was collective: its weights as blobs
+                weights = weights()
             ready.append(worker.update_weights.remote(weights, **label))  # runs after __init__
         try:
             ray.get(ready, timeout=self.timeout_s)

@@ -286,7 +286,9 @@ def test_two_rollout_workers_two_ranks_survive_a_worker_killed_mid_run(
 ):
     """A rollout worker killed during GRPO is replaced (in its placement-group bundle), gets
     the current weights, and its share of the step is sampled again: every step has exactly
-    prompts x G samples and the run finishes."""
+    prompts x G samples and the run finishes. Weights travel over the collective group: the
+    replacement gets the last sync as blobs, the group forms again with it (or, if it died
+    during a sync, that sync goes through the object store: ``sync_fallbacks``)."""
     import threading
     import time
 
@@ -301,6 +303,7 @@ def test_two_rollout_workers_two_ranks_survive_a_worker_killed_mid_run(
         # a KL loss sends every row to the learner, so logprob_diff covers every sample (both
         # workers') at every step, with or without a reward signal
         "grpo.kl_coef=0.05",
+        "rollout.sync_transport=collective",
     )
     group = RolloutGroup(tiny_policy_dir, 2, dtype="float32", max_model_len=128)
     victim = group.workers[1]
@@ -330,3 +333,5 @@ def test_two_rollout_workers_two_ranks_survive_a_worker_killed_mid_run(
     assert [r["rows_learned"] for r in grpo] == [8 * 4] * 4
     for r in grpo[1:]:  # the replacement samples with the learner's current weights
         assert r["logprob_diff_mean"] < 1e-4 and r["logprob_diff_max"] < 1e-3, r
+    assert all("sync_fallbacks" in r for r in grpo)  # every step synced over the group
+    assert sum(r["sync_fallbacks"] for r in grpo) <= 1  # at most the sync it died in

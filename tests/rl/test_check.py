@@ -38,6 +38,30 @@ def test_a_sync_that_skips_a_tensor_family_fails(rollout_worker, tiny_policy_dir
     assert report["logprob_abs_diff"]["max"] < 1e-3
 
 
+@pytest.mark.parametrize("transport", ["collective", "object_store"])
+def test_a_sync_over_each_transport_adds_no_error(
+    rollout_worker, tiny_policy_dir, tmp_path, transport
+):
+    report = check(
+        tiny_policy_dir, tmp_path / "check.json", rollout=rollout_worker, transport=transport
+    )
+    assert report["passed"], report["failures"]
+    assert report["transport"] == transport
+    assert report["sync_added_error"] < 1e-5
+
+
+def test_a_broken_collective_sync_fails(rollout_worker, tiny_policy_dir, tmp_path):
+    report = check(
+        tiny_policy_dir,
+        tmp_path / "check.json",
+        rollout=rollout_worker,
+        break_sync=("mlp.experts.",),
+        transport="collective",
+    )
+    assert not report["passed"] and report["transport"] == "collective"
+    assert any("did not reach the engine" in f for f in report["failures"])
+
+
 def test_unknown_model_is_one_clear_error(capsys):
     assert main(["check", "--model", "no-such-preset", "--out", "/tmp/x.json"]) == 2
     assert "not a Hugging Face model folder, a .gguf file nor a preset" in capsys.readouterr().err

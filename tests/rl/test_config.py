@@ -235,7 +235,8 @@ RULES = [
     (["rollout.workers=1"], None),
     (["rollout.placement=PACK"], "key 'rollout.placement' must be one of ['pack', 'spread', 'strict_pack', 'strict_spread'], got 'PACK'"),
     (["rollout.placement=strict_spread"], None),
-    (["rollout.sync_transport=nccl"], "key 'rollout.sync_transport' must be one of ['auto', 'object_store', 'shared_memory'], got 'nccl'"),
+    (["rollout.sync_transport=nccl"], "key 'rollout.sync_transport' must be one of ['auto', 'collective', 'object_store', 'shared_memory'], got 'nccl'"),
+    (["rollout.sync_transport=collective"], None),
     (["rollout.sync_transport=object_store"], None),
     (["rollout.threads=0"], "key 'rollout.threads' must be >= 1 or null, got 0"),
     # -- tools

@@ -234,3 +234,89 @@ def test_a_bucketed_sync_gives_every_worker_the_same_weights(group, policy):
     after = group.fingerprints()
     assert after[0] == after[1]
     assert {k for k in after[0] if after[0][k] != before[0][k]}  # they did change
+
+
+def collective_sync(group, named, version, restore, *, kill=None):
+    """Push ``named`` to ``group`` over a weight-sync group whose member 0 is this process
+    (as the learner's rank 0 is in a run): form it if needed, broadcast 1 MB buckets from a
+    thread while the workers receive. ``kill``: a worker killed just before the broadcast."""
+    from rollouts.engine import split_buckets
+    from rollouts.weight_transfer import WeightGroup, flatten
+    from tests.rollouts.test_weight_transfer import free_port
+
+    host, port = ray.util.get_node_ip_address(), free_port()
+    joins = group.join_weight_group(host, port, "gloo")
+    sender = WeightGroup(host, port, 0, group.num_workers + 1, timeout_s=120)
+    ray.get(joins, timeout=TIMEOUT_S)
+    assert group.weight_group_current
+    outgoing = [flatten(bucket) for bucket in split_buckets(named, 2**20)]
+    sent = []
+
+    def send():
+        try:
+            for buffer, _ in outgoing:
+                sender.broadcast(buffer)
+            sent.append("all")
+        except Exception as err:  # noqa: BLE001 - as the learner does: leave, re-raise there
+            sender.close()
+            sent.append(err)
+
+    if kill is not None:
+        ray.kill(kill, no_restart=True)
+    thread = threading.Thread(target=send)
+    thread.start()
+    try:
+        return group.receive_weights([m for _, m in outgoing], version, restore)
+    finally:
+        thread.join(timeout=TIMEOUT_S)
+        assert sent, "the sender hung"
+
+
+@pytest.mark.e2e
+def test_a_collective_sync_gives_every_worker_and_a_replacement_the_same_weights(group, policy):
+    from model import to_vllm_weights
+    from rollouts.engine import pack_buckets
+    from tests.rollouts.test_engine import perturbed
+
+    model, _ = policy
+    named = list(to_vllm_weights(perturbed(model, seed=9).items()))
+    assert group.update_weights(ray.put(pack_buckets(named, bucket_bytes=2**20)))
+    expected = group.fingerprints()[0]  # what the object store's sync of them computes with
+    group.update_weights(blob(model.state_dict()))
+    assert group.fingerprints()[0] != expected
+
+    restored = []
+
+    def restore():
+        restored.append(1)
+        return ray.put(pack_buckets(named, bucket_bytes=2**20))
+
+    assert collective_sync(group, named, 5, restore) == [len(named)] * 2
+    assert group.fingerprints() == [expected] * 2 and not restored
+
+    # a worker replaced before the next sync gets the collective sync's weights as blobs
+    ray.kill(group.workers[0], no_restart=True)
+    assert group.fingerprints() == [expected] * 2 and restored == [1]
+    assert not group.weight_group_current  # the replacement is in no group: form it again
+    original = list(to_vllm_weights(model.state_dict().items()))
+    assert collective_sync(group, original, 6, restore) == [len(original)] * 2
+    assert group.fingerprints()[0] == group.fingerprints()[1] != expected
+
+
+@pytest.mark.e2e
+def test_a_worker_killed_before_a_collective_sync_fails_it_promptly(group, policy):
+    from model import to_vllm_weights
+    from tests.rollouts.test_engine import perturbed
+
+    model, _ = policy
+    named = list(to_vllm_weights(perturbed(model, seed=13).items()))
+    t0 = time.time()
+    with pytest.raises(RolloutWorkerError, match="collective weight sync failed"):
+        collective_sync(group, named, 7, lambda: None, kill=group.workers[1])
+    assert time.time() - t0 < 60  # not the group's 120 s timeout
+    assert not group.weight_group_current
+    # what a run does then: the same weights through the object store, which replaces it
+    restarts = group.restarts
+    assert group.update_weights(blob(perturbed(model, seed=13))) == [len(named)] * 2
+    assert group.restarts == restarts + 1
+    assert group.fingerprints()[0] == group.fingerprints()[1]
