@@ -334,6 +334,16 @@ class RolloutConfig:
     (auto); or by name, also `collective`: the learner's rank 0 broadcasts flat buckets to
     the engines over a torch.distributed group of their own (gloo; nccl when it trains on a
     GPU), reloaded as each arrives, whatever the machines."""
+    tensor_parallel_size: PositiveInt = 1
+    """GPUs each engine shards the policy over (vLLM tensor parallelism: its placement
+    bundle takes that many GPUs). GPUs only: more than 1 on a cluster without GPUs is an
+    error."""
+    gpu_memory_utilization: Annotated[float, Range(gt=0, le=1)] = 0.3
+    """Share of each of its GPUs an engine may take for weights, activations and KV cache
+    (vLLM's own knob; the learner needs the rest where they share a GPU). Unused on CPU."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each worker's placement bundle adds (as ``learner.resources``):
+    ``{rollout_node: 1}`` keeps the engines on nodes that offer it."""
     sync_bucket_mb: PositiveFloat = 256
     """Weight sync: the learner's weights travel in buckets of about this size (cut between
     layers), reloaded one by one: the engine's worker process holds one bucket at a time
@@ -420,6 +430,21 @@ class LearnerConfig:
     threads: PositiveInt | None = None
     """Torch threads per rank (default: cores / world_size, at least 1; the other half of the
     cores with ``grpo.max_staleness`` > 0)."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer's activations in the backward instead of keeping them
+    (less memory for longer sequences, ~30% more learner compute). Same gradients."""
+    offload_optimizer: bool = False
+    """Keep the sharded parameters, gradients and optimizer state in CPU memory and step
+    there (FSDP2's CPUOffloadPolicy): the GPU holds one layer's weights at a time. A no-op
+    on CPU."""
+    resources: dict[str, float] = field(default_factory=dict)
+    """Custom Ray resources each rank needs, to choose its nodes: ranks asking
+    ``{learner_node: 1}`` run only on nodes started with ``ray start --resources
+    '{"learner_node": N}'`` (N ranks each). Default: anywhere."""
+    max_restarts: NonNegativeInt = 2
+    """A learner rank that dies (its process killed, its node lost) restarts the learner
+    from the latest checkpoint, re-syncs the engines and repeats the steps after it, at most
+    this many times per run (summary.json and metrics rows: ``learner_restarts``)."""
 
 
 @dataclass

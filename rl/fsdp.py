@@ -10,22 +10,33 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import (
+    CPUOffloadPolicy,
+    MixedPrecisionPolicy,
+    OffloadPolicy,
+    fully_shard,
+)
 
 
 def apply_fsdp(
-    model: torch.nn.Module, mesh: DeviceMesh, param_dtype: torch.dtype | None = None
+    model: torch.nn.Module,
+    mesh: DeviceMesh,
+    param_dtype: torch.dtype | None = None,
+    offload: bool = False,
 ) -> None:
     """``fully_shard`` each decoder layer, then the root (embeddings, norm, head).
 
     With ``param_dtype`` (e.g. bf16) compute runs in that dtype while the sharded master
-    weights and gradient reduction stay in float32.
+    weights and gradient reduction stay in float32. ``offload``: the sharded parameters,
+    their gradients and so the optimizer's state and step live in CPU memory; each layer's
+    weights come to the device for its forward and backward.
     """
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    policy = CPUOffloadPolicy(pin_memory=torch.cuda.is_available()) if offload else OffloadPolicy()
     layers = model.get_decoder().layers
     for layer in layers:
-        fully_shard(layer, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+        fully_shard(layer, mesh=mesh, mp_policy=mp, offload_policy=policy)
+    fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=policy)
 
 
 def gather_full_state(state: dict[str, Any], rank: int, world_size: int) -> dict[str, torch.Tensor]:

@@ -50,8 +50,12 @@ class LearnerRank:
         seed: int = 0,
         lora: dict[str, Any] | None = None,
         share_prompts: int = 0,
+        activation_checkpointing: bool = False,
+        offload_optimizer: bool = False,
     ) -> None:
         self.rank, self.world_size, self.model_dir = rank, world_size, model_dir
+        self.activation_checkpointing = activation_checkpointing
+        self.offload_optimizer = offload_optimizer
         self.dtype, self.seed, self.lora = dtype, seed, lora
         self.share_prompts = share_prompts  # max tokens of a packed row; 0: no packing
         self.backend = (
@@ -90,8 +94,12 @@ class LearnerRank:
             self._lora_synced |= {name for name, _ in model.named_buffers()}
             model = apply_lora(model, **self.lora)
         model.to(device)
+        if self.activation_checkpointing:  # each decoder layer recomputed in the backward
+            model.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
         param_dtype = torch.bfloat16 if self.dtype == "bfloat16" else None
-        apply_fsdp(model, mesh, param_dtype=param_dtype)
+        apply_fsdp(model, mesh, param_dtype=param_dtype, offload=self.offload_optimizer)
         self.model, self.device, self.mesh = model, device, mesh
         return sum(p.numel() for p in model.parameters())
 

@@ -31,8 +31,13 @@ class LearnerGroup:
         lora: dict[str, Any] | None = None,
         micro_batch_tokens: int | None = None,
         share_prompts: int = 0,
+        resources: dict[str, float] | None = None,
+        activation_checkpointing: bool = False,
+        offload_optimizer: bool = False,
     ) -> None:
-        actor = ray.remote(num_cpus=0, num_gpus=num_gpus_per_rank)(LearnerRank)
+        actor = ray.remote(num_cpus=0, num_gpus=num_gpus_per_rank, resources=resources or None)(
+            LearnerRank
+        )
         self.world_size = world_size
         self.micro_batch_tokens = micro_batch_tokens
         self.ranks = [
@@ -46,6 +51,8 @@ class LearnerGroup:
                 seed=seed,
                 lora=lora,
                 share_prompts=share_prompts,
+                activation_checkpointing=activation_checkpointing,
+                offload_optimizer=offload_optimizer,
             )
             for r in range(world_size)
         ]
@@ -218,6 +225,16 @@ class LearnerGroup:
             timeout=TIMEOUT_S,
         )
 
+    def node_ids(self) -> list[str]:
+        """The Ray node of every rank, in rank order."""
+        return ray.get(
+            [
+                r.__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id())
+                for r in self.ranks
+            ],
+            timeout=TIMEOUT_S,
+        )
+
     def last_export_size(self) -> dict[str, int]:
         return ray.get(self.ranks[0].last_export_size.remote(), timeout=TIMEOUT_S)
 
@@ -230,9 +247,25 @@ class LearnerGroup:
     def load_state(self, path: str) -> None:
         self._all("load_state", path)
 
+    def dead_ranks(self, timeout_s: float = 30) -> list[int]:
+        """The ranks whose actor is dead (a rank busy for ``timeout_s`` counts as alive)."""
+        pings = [r.__ray_ready__.remote() for r in self.ranks]
+        ray.wait(pings, num_returns=len(pings), timeout=timeout_s)
+        dead = []
+        for rank, ping in enumerate(pings):
+            try:
+                ray.get(ping, timeout=0)
+            except ray.exceptions.RayActorError:
+                dead.append(rank)
+            except ray.exceptions.GetTimeoutError:
+                pass
+        return dead
+
     def shutdown(self) -> None:
+        """Leave the process group and end every rank (a dead one's peers too)."""
         try:
-            self._all("shutdown")
+            refs = [r.shutdown.remote() for r in self.ranks]
+            ray.wait(refs, num_returns=len(refs), timeout=60)
         finally:
             for r in self.ranks:
                 ray.kill(r)

@@ -43,6 +43,7 @@ class Run:
     wall_offset: float = 0.0  # wall seconds of earlier sessions of a resumed run - start time
     sync_folder: str | None = None  # shared memory for weight syncs; None: Ray's object store
     collective: bool = False  # weight syncs broadcast over a torch.distributed group
+    learner_restarts: int = 0  # learners this run started again after a rank died
     _syncs: int = 0
 
     @property
@@ -265,6 +266,49 @@ def _from_hub(name: str) -> Path:
         ) from None
 
 
+def placement_options(recipe: Recipe, gpus: float) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The RolloutGroup and LearnerGroup options of ``recipe`` on a cluster with ``gpus``
+    GPUs: on GPUs each engine's bundle takes ``rollout.tensor_parallel_size`` of them and
+    each learner rank one (unless the learner is set to gloo)."""
+    lc, rc = recipe.learner, recipe.rollout
+    if rc.tensor_parallel_size > 1 and not gpus:
+        raise ConfigError(
+            f"recipe key 'rollout.tensor_parallel_size': {rc.tensor_parallel_size} needs GPUs; "
+            "this Ray cluster has none"
+        )
+    engines = {
+        "placement": rc.placement,
+        "bundle": {"GPU": rc.tensor_parallel_size} if gpus else {"CPU": 0.01},
+        "resources": rc.resources,
+        "kv_cache_gib": rc.kv_cache_gib,
+        "dtype": recipe.model.dtype,
+        "seed": rc.seed,
+        "max_model_len": rc.max_model_len,
+        "max_num_seqs": rc.max_num_seqs,
+        "prefix_caching": rc.prefix_caching,
+        "tensor_parallel_size": rc.tensor_parallel_size,
+        "gpu_memory_utilization": rc.gpu_memory_utilization,
+    }
+    ranks = {
+        "dtype": recipe.model.dtype,
+        "backend": lc.backend,
+        "seed": recipe.seed,
+        "lora": asdict(recipe.lora) if recipe.lora.r > 0 else None,
+        "micro_batch_tokens": lc.micro_batch_tokens,
+        "share_prompts": lc.share_prompts,
+        "resources": lc.resources,
+        "num_gpus_per_rank": 1 if gpus and lc.backend != "gloo" else 0,
+        "activation_checkpointing": lc.activation_checkpointing,
+        "offload_optimizer": lc.offload_optimizer,
+    }
+    return engines, ranks
+
+
+def cluster_gpus() -> float:
+    """GPUs in the Ray cluster: what decides GPU placement, not the driver's own devices."""
+    return float(ray.cluster_resources().get("GPU", 0))
+
+
 def start_ray(recipe: Recipe) -> None:
     if ray.is_initialized():
         return
@@ -314,35 +358,15 @@ def start_run(
     model_dir = initial_policy(recipe, out, data)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     start_ray(recipe)
-    lc, rc = recipe.learner, recipe.rollout
     engine_threads, threads = cpu_threads(recipe, os.cpu_count() or 1)
+    engines, ranks = placement_options(recipe, cluster_gpus())
     own_rollouts = rollouts is None
     starting = None
     if own_rollouts:  # the engines start while the learner ranks load
         starting = ThreadPoolExecutor(1, thread_name_prefix="r1kit-start").submit(
-            RolloutGroup,
-            str(model_dir),
-            rc.workers,
-            placement=rc.placement,
-            kv_cache_gib=rc.kv_cache_gib,
-            dtype=recipe.model.dtype,
-            seed=rc.seed,
-            max_model_len=rc.max_model_len,
-            max_num_seqs=rc.max_num_seqs,
-            threads=engine_threads,
-            prefix_caching=rc.prefix_caching,
+            RolloutGroup, str(model_dir), recipe.rollout.workers, threads=engine_threads, **engines
         )
-    learner = LearnerGroup(
-        str(model_dir),
-        lc.world_size,
-        dtype=recipe.model.dtype,
-        backend=lc.backend,
-        threads=threads,
-        seed=recipe.seed,
-        lora=asdict(recipe.lora) if recipe.lora.r > 0 else None,
-        micro_batch_tokens=lc.micro_batch_tokens,
-        share_prompts=lc.share_prompts,
-    )
+    learner = LearnerGroup(str(model_dir), recipe.learner.world_size, threads=threads, **ranks)
     pool = RewardPool(recipe.rewards.weights, recipe.rewards.workers, recipe.rewards.timeout_s)
     accuracy_pool = RewardPool(
         {recipe.rewards.accuracy: 1.0}, recipe.rewards.workers, recipe.rewards.timeout_s
@@ -437,10 +461,50 @@ def print_plan(run: Run, model_dir: Path, setup_s: float) -> None:
         f"  rewards {r.rewards.weights}, accuracy by '{r.rewards.accuracy}'; "
         f"checkpoints every {r.checkpoint.every or 'stage end'} step(s), "
         f"last {r.checkpoint.keep_last} kept\n"
-        f"  weight sync: {'shared memory (' + run.sync_folder + ')' if run.sync_folder else 'Ray object store'}\n"
+        f"  weight sync: {_sync_plan(run)}\n"
+        f"  placement: {_placement_plan(run)}\n"
         f"  {_tools_plan(r)}\n"
         f"  {_schedule_plan(r)}"
     )
+
+
+def _sync_plan(run: Run) -> str:
+    if run.collective:
+        return "collective group (rank 0 broadcasts to the engines)"
+    return f"shared memory ({run.sync_folder})" if run.sync_folder else "Ray object store"
+
+
+def placement(run: Run) -> dict[str, list[str]]:
+    """The Ray node of every learner rank and rollout worker (summary.json's ``placement``)."""
+    return {"learner": run.learner.node_ids(), "rollout": run.rollouts.node_ids()}
+
+
+def _placement_plan(run: Run) -> str:
+    """Where ranks and engines run, and the memory knobs that apply there."""
+    lc, rc = run.recipe.learner, run.recipe.rollout
+    where = placement(run)
+    nodes = sorted(set(where["learner"]) | set(where["rollout"]))
+    if len(nodes) == 1:
+        text = "all on one Ray node"
+    else:
+        short = {n: f"node {i} ({n[:8]})" for i, n in enumerate(nodes)}
+        ranks = ", ".join(short[n] for n in where["learner"])
+        workers = ", ".join(short[n] for n in where["rollout"])
+        text = f"learner ranks on {ranks}; rollout workers on {workers}"
+    if cluster_gpus():
+        text += (
+            f"; a GPU per learner rank, {rc.tensor_parallel_size} per engine "
+            f"(gpu_memory_utilization {rc.gpu_memory_utilization:g})"
+        )
+    knobs = [
+        name
+        for name, on in (
+            ("activation checkpointing", lc.activation_checkpointing),
+            ("optimizer offloaded to CPU", lc.offload_optimizer),
+        )
+        if on
+    ]
+    return text + (f"; learner: {', '.join(knobs)}" if knobs else "")
 
 
 def _schedule_plan(r: Recipe) -> str:

@@ -16,6 +16,7 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -36,13 +37,13 @@ from rl.data import (
     stage_sources,
     write_rows,
 )
-from rl.errors import ConfigError
+from rl.errors import ConfigError, LearnerDiedError
 from rl.evaluation import evaluate_held_out
 from rl.grpo import grpo_step, learn_step
 from rl.metrics import plot_reward_curve
 from rl.progress import StepProgress
 from rl.schedule import lr_at
-from rl.setup import Run, import_object, start_run
+from rl.setup import Run, import_object, placement, start_run
 
 # Recipe sections a resumed run may change: where the cluster is, how often to checkpoint,
 # where metrics are shown.
@@ -55,13 +56,48 @@ def train(recipe: Recipe, out: Path, rollouts=None, resume: bool = False) -> dic
     ``rollouts``: an already running ``RolloutGroup`` to use (tests share one per session);
     it receives the learner's weights before anything is sampled. ``resume``: continue the
     run in ``out`` from its latest resumable checkpoint (the recipe must be the same).
+
+    A learner rank that dies (LearnerDiedError) restarts the learner: new ranks load the
+    latest checkpoint, the engines (kept running) get its weights, and the steps after it are
+    taken again, as a ``--resume`` would, at most ``learner.max_restarts`` times.
     """
+    engines, owned = rollouts, None  # owned: engines a failed attempt started and handed on
+    try:
+        for restarts in range(recipe.learner.max_restarts + 1):
+            try:
+                return _train_once(recipe, out, engines, resume, restarts)
+            except LearnerDiedError as err:
+                if err.rollouts is not None:
+                    engines = owned = err.rollouts
+                if restarts == recipe.learner.max_restarts or not list_checkpoints(out):
+                    raise
+                resume = True
+                tqdm.write(
+                    f"{err}: restarting the learner from the latest checkpoint "
+                    f"({restarts + 1} of learner.max_restarts {recipe.learner.max_restarts})"
+                )
+        raise AssertionError("unreachable")
+    finally:
+        if owned is not None:
+            owned.shutdown()
+
+
+def _train_once(
+    recipe: Recipe, out: Path, rollouts: Any, resume: bool, learner_restarts: int
+) -> dict:
+    """``train``'s stages, once: a learner rank's death ends it with LearnerDiedError
+    (the run's own engines, still running, attached)."""
     start = time.time()
     state = _resume_state(recipe, out) if resume else _new_run(recipe, out)
     data = load_data(recipe, out)
     run = start_run(recipe, out, data, rollouts, metrics_rows=state.metrics_rows if state else None)
     run.wall_offset = (state.wall_seconds if state else 0.0) - start
-    summary: dict = {"eval": dict(state.summary.get("eval", {})) if state else {}}
+    run.learner_restarts = learner_restarts
+    summary: dict = {
+        "eval": dict(state.summary.get("eval", {})) if state else {},
+        "learner_restarts": learner_restarts,
+        "placement": placement(run),
+    }
     try:
         if recipe.sft.steps > 0 and "sft" not in summary["eval"]:
             run_sft(run, data["sft"], _stage_state(state, "sft"), summary)
@@ -73,6 +109,15 @@ def train(recipe: Recipe, out: Path, rollouts=None, resume: bool = False) -> dic
             run_grpo(run, data["rl"], _stage_state(state, "grpo"), summary)
             summary["eval"]["grpo"] = evaluate(run, data["eval"], "grpo")
             run.learner.save(str(out / "checkpoints" / "grpo"))
+    except Exception as err:
+        dead = run.learner.dead_ranks()
+        if not dead:
+            raise
+        handed = run.rollouts if run.own_rollouts else None
+        run.own_rollouts = False  # the engines outlive this learner
+        raise LearnerDiedError(
+            f"learner rank(s) {dead} died ({type(err).__name__})", rollouts=handed
+        ) from err
     finally:
         run.close()
     summary["wall_seconds"] = round(time.time() + run.wall_offset, 1)
@@ -187,6 +232,7 @@ def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict
                 grad_norm=out["grad_norm"],
                 lr=lr,
                 time_learner=time.time() - t0,
+                learner_restarts=run.learner_restarts,
             )
         _maybe_checkpoint(run, "sft", step, cfg.steps, order.position, summary)
     run.sync_weights()
@@ -276,7 +322,9 @@ def run_grpo(
                 position = order.position
             else:
                 metrics, position = _async_step(run, sampler, step)
-            run.log.write(step=step, stage="grpo", wall=time.time() + run.wall_offset, **metrics)
+            wall = time.time() + run.wall_offset
+            metrics["learner_restarts"] = run.learner_restarts
+            run.log.write(step=step, stage="grpo", wall=wall, **metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.3f}")
             _maybe_checkpoint(run, "grpo", step, cfg.steps, position, summary)
     finally:

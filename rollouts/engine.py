@@ -219,6 +219,7 @@ class VLLMEngine:
         gpu_memory_utilization: float = 0.3,
         enforce_eager: bool = True,
         prefix_caching: bool = True,
+        tensor_parallel_size: int = 1,
     ) -> None:
         # vLLM-CPU's legacy variable (whole GiB) would override the size given below
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
@@ -227,6 +228,10 @@ class VLLMEngine:
         kwargs: dict[str, Any] = {}
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        if tensor_parallel_size > 1:  # GPU only; one worker process per shard (not run here)
+            kwargs.update(
+                tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="mp"
+            )
         kv_bytes = kv_cache_bytes(model_dir, dtype, max_num_seqs, max_model_len, kv_cache_gib)
         if kv_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = kv_bytes

@@ -87,6 +87,7 @@ class RolloutGroup:
         seed: int = 0,
         placement: str = "pack",
         bundle: dict[str, float] | None = None,
+        resources: dict[str, float] | None = None,
         max_restarts_per_call: int = 2,
         timeout_s: float = 1800,
         engine_cls: type = VLLMEngine,
@@ -101,7 +102,8 @@ class RolloutGroup:
         self.num_workers = num_workers
         self.max_restarts_per_call = max_restarts_per_call
         self.timeout_s = timeout_s
-        self.bundle = bundle or ({"GPU": 1} if torch.cuda.is_available() else {"CPU": 0.01})
+        self.bundle = dict(bundle or ({"GPU": 1} if torch.cuda.is_available() else {"CPU": 0.01}))
+        self.bundle.update(resources or {})
         self.restarts = 0
         self._seed = seed
         self._engine_kwargs = dict(engine_kwargs, kv_cache_gib=kv_cache_gib)

@@ -27,10 +27,18 @@ DEVICE_SETUP = {"cpu": {"dtype": "float32", "backend": "gloo"}, "cuda": {"dtype"
 
 
 @contextmanager
-def open_rank(model_dir, dtype="bfloat16", backend="nccl", lora=None, share_prompts=0):
-    """A set-up rank (world size 1) with a fresh AdamW at ``LR``."""
+def open_rank(model_dir, dtype="bfloat16", backend="nccl", lora=None, share_prompts=0, **knobs):
+    """A set-up rank (world size 1) with a fresh AdamW at ``LR``; ``knobs``: LearnerRank's
+    memory switches (activation_checkpointing, offload_optimizer)."""
     rank = LearnerRank(
-        0, 1, str(model_dir), dtype=dtype, backend=backend, lora=lora, share_prompts=share_prompts
+        0,
+        1,
+        str(model_dir),
+        dtype=dtype,
+        backend=backend,
+        lora=lora,
+        share_prompts=share_prompts,
+        **knobs,
     )
     try:
         rank.setup(*rank.address())

@@ -197,3 +197,43 @@ def test_tied_embeddings_travel_once_and_save_tied(tmp_path):
     torch.testing.assert_close(
         saved.model.embed_tokens.weight, exported["model.embed_tokens.weight"]
     )
+
+
+@pytest.mark.parametrize("knob", ["activation_checkpointing", "offload_optimizer"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_memory_knobs_change_no_loss_gradient_or_update(tmp_path, device, knob):
+    """Activation checkpointing recomputes each decoder layer in the backward (its
+    checkpoint hooks must be there); optimizer offload keeps shards, gradients and the
+    AdamW step in CPU memory (FSDP2's CPUOffloadPolicy, on the CPU too). Neither may change
+    what is learned: the same losses, gradient norms and weights over three GRPO steps."""
+    batch = grpo_batch("tiny-dsv3", tmp_path / "policy")
+    runs = {}
+    for on in (False, True):
+        with open_rank(tmp_path / "policy", **DEVICE_SETUP[device], **{knob: on}) as rank:
+            layer = rank.model.get_decoder().layers[0]
+            calls, forward = [], layer.mlp.forward
+
+            def counted(*args, calls=calls, forward=forward, **kwargs):
+                calls.append(1)  # (a forward hook does not see the recomputation)
+                return forward(*args, **kwargs)
+
+            layer.mlp.forward = counted
+            steps = [grpo(rank, batch)]
+            layer.mlp.forward = forward
+            if knob == "activation_checkpointing":  # recomputed in the backward: run twice
+                assert len(calls) == (2 if on else 1) * 2  # per micro-batch (8 rows, 4 each)
+            else:
+                shard = next(layer.parameters())
+                assert shard.to_local().device.type == ("cpu" if on else rank.device)
+            steps += [grpo(rank, batch) for _ in range(2)]
+            runs[on] = ([s["stats"].loss for s in steps], [s["grad_norm"] for s in steps])
+            runs[on] += (full_params(rank.model),)
+    (loss_off, norm_off, w_off), (loss_on, norm_on, w_on) = runs[False], runs[True]
+    # fp32 on the CPU: the same ops (recomputed ones included), so the same bits up to
+    # summation order; bf16 on a GPU: recomputation rounds the same way, the CPU step of an
+    # offloaded optimizer is fp32 like the GPU's
+    tol = 1e-6 if device == "cpu" else 1e-2
+    assert loss_on == pytest.approx(loss_off, abs=tol)
+    assert norm_on == pytest.approx(norm_off, rel=tol)
+    moved = max(float((w_on[k] - w_off[k]).abs().max()) for k in w_off)
+    assert moved <= (1e-6 if device == "cpu" else 1e-3), moved

@@ -102,28 +102,20 @@ def _kill_after(cmd, out, stage, step, timeout_s=300):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("case", [GRPO_KILL, LORA_SFT_KILL], ids=["grpo-kl-dynamic", "lora-sft"])
-def test_sigkill_then_resume_repeats_the_uninterrupted_run(
-    case, rollouts, tiny_policy_dir, tmp_path
-):
-    overrides = [f"model.path={tiny_policy_dir}", *case["overrides"]]
-    recipe = load_recipe("recipes/demo.yaml", overrides)
-    whole = tmp_path / "whole"
-    train(recipe, whole, rollouts=rollouts)
+_WHOLE: dict[str, object] = {}  # case id -> the uninterrupted run's folder (one per session)
 
-    killed = tmp_path / "killed"
-    address = ray.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "rl.cli", "train", "recipes/demo.yaml", "--out", str(killed)]
-    stage, step = case["kill_after"]
-    _kill_after([*cmd, *overrides, f"ray.address={address}"], killed, stage, step)
-    assert not (killed / "summary.json").exists()
-    # the latest checkpoint is in the stage that was killed, at or after the kill, before its end
-    latest = list_checkpoints(killed)[-1].name
-    kill_stage, at = latest.split("-")[0], int(latest.split("-")[1])
-    every, last = recipe.checkpoint.every, getattr(recipe, stage).steps
-    assert kill_stage == stage and at % every == 0 and step - every < at < last, latest
 
-    summary = train(recipe, killed, rollouts=rollouts, resume=True)
+def _uninterrupted(case_id, recipe, rollouts, tmp_path_factory):
+    if case_id not in _WHOLE:
+        out = tmp_path_factory.mktemp(f"whole-{case_id}")
+        train(recipe, out, rollouts=rollouts)
+        _WHOLE[case_id] = out
+    return _WHOLE[case_id]
+
+
+def _assert_repeats(whole, killed, summary, kill_stage, at):
+    """``killed`` (interrupted after checkpoint ``kill_stage`` step ``at``, then continued)
+    ended as ``whole``: the same final weights bit for bit, evaluations and logged steps."""
     expected = load_file(whole / "checkpoints" / "grpo" / "model.safetensors")
     final = load_file(killed / "checkpoints" / "grpo" / "model.safetensors")
     assert sorted(final) == sorted(expected)
@@ -145,6 +137,116 @@ def test_sigkill_then_resume_repeats_the_uninterrupted_run(
                 for key in ("prompts_sampled", "groups_kept", "samples"):
                     assert resumed[s].get(key) == expected[s].get(key), (s, key)
             assert any(expected[s]["rows_learned"] for s in repeated), "no update to compare"
+
+
+@pytest.mark.parametrize("case", [GRPO_KILL, LORA_SFT_KILL], ids=["grpo-kl-dynamic", "lora-sft"])
+def test_sigkill_then_resume_repeats_the_uninterrupted_run(
+    case, rollouts, tiny_policy_dir, tmp_path, tmp_path_factory, request
+):
+    overrides = [f"model.path={tiny_policy_dir}", *case["overrides"]]
+    recipe = load_recipe("recipes/demo.yaml", overrides)
+    whole = _uninterrupted(request.node.callspec.id, recipe, rollouts, tmp_path_factory)
+
+    killed = tmp_path / "killed"
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "rl.cli", "train", "recipes/demo.yaml", "--out", str(killed)]
+    stage, step = case["kill_after"]
+    _kill_after([*cmd, *overrides, f"ray.address={address}"], killed, stage, step)
+    assert not (killed / "summary.json").exists()
+    # the latest checkpoint is in the stage that was killed, at or after the kill, before its end
+    latest = list_checkpoints(killed)[-1].name
+    kill_stage, at = latest.split("-")[0], int(latest.split("-")[1])
+    every, last = recipe.checkpoint.every, getattr(recipe, stage).steps
+    assert kill_stage == stage and at % every == 0 and step - every < at < last, latest
+
+    summary = train(recipe, killed, rollouts=rollouts, resume=True)
+    _assert_repeats(whole, killed, summary, kill_stage, at)
+
+
+def _learner_rank_pids() -> list[int]:
+    """The processes of the live learner ranks (Ray titles them ``ray::LearnerRank...``)."""
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if p.info["cmdline"] and p.info["cmdline"][0].startswith("ray::LearnerRank")
+    ]
+
+
+def _assert_no_learner_left(timeout_s: float = 30) -> None:
+    deadline = time.time() + timeout_s
+    while _learner_rank_pids() and time.time() < deadline:
+        time.sleep(0.2)  # killed actors' processes take a moment to exit
+    assert _learner_rank_pids() == []
+
+
+def test_a_learner_rank_sigkilled_mid_grpo_restarts_from_the_checkpoint_and_repeats_the_run(
+    rollouts, tiny_policy_dir, tmp_path, tmp_path_factory
+):
+    """Within one ``train`` call: one rank's process SIGKILLed after GRPO step 3 fails the
+    step it is in; new ranks load the latest checkpoint, the engine gets its weights, and the
+    run ends as the uninterrupted one did."""
+    import threading
+
+    overrides = [f"model.path={tiny_policy_dir}", *GRPO_KILL["overrides"]]
+    recipe = load_recipe("recipes/demo.yaml", overrides)
+    whole = _uninterrupted("grpo-kl-dynamic", recipe, rollouts, tmp_path_factory)
+    out, victims, stop = tmp_path / "killed", [], threading.Event()
+    _assert_no_learner_left()  # none left by earlier tests: the victim is this run's
+
+    def kill_a_rank_after_step_3():
+        while not stop.is_set():
+            if (out / "metrics.jsonl").is_file() and 3 in _rows(out, "grpo"):
+                victims.append(_learner_rank_pids()[-1])
+                os.kill(victims[0], signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_a_rank_after_step_3, daemon=True)
+    killer.start()
+    try:
+        summary = train(recipe, out, rollouts=rollouts)
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert len(victims) == 1 and summary["learner_restarts"] == 1
+    grpo = _rows(out, "grpo")
+    restarted_at = min(s for s, r in grpo.items() if r["learner_restarts"] == 1)
+    assert restarted_at in (3, 5), grpo  # the step after a checkpoint
+    at = restarted_at - 1
+    assert all(grpo[s]["learner_restarts"] == int(s > at) for s in grpo)
+    _assert_repeats(whole, out, summary, "grpo", at)
+    _assert_no_learner_left()  # the dead rank's peer and the new ranks are gone
+
+
+def test_a_learner_that_keeps_dying_ends_the_run_after_max_restarts(
+    rollouts, tiny_policy_dir, tmp_path
+):
+    """With ``learner.max_restarts=0`` the first death ends the run: one error naming it,
+    the checkpoints kept for a ``--resume``."""
+    import threading
+
+    from rl.errors import LearnerDiedError
+
+    overrides = [
+        f"model.path={tiny_policy_dir}",
+        *GRPO_KILL["overrides"],
+        "learner.max_restarts=0",
+    ]
+    recipe = load_recipe("recipes/demo.yaml", overrides)
+    out = tmp_path / "run"
+
+    def kill_a_rank_after_step_3():
+        while not (out / "metrics.jsonl").is_file() or 3 not in _rows(out, "grpo"):
+            time.sleep(0.05)
+        os.kill(_learner_rank_pids()[0], signal.SIGKILL)
+
+    threading.Thread(target=kill_a_rank_after_step_3, daemon=True).start()
+    with pytest.raises(LearnerDiedError, match=r"learner rank\(s\) \[\d\] died"):
+        train(recipe, out, rollouts=rollouts)
+    assert list_checkpoints(out) and not (out / "summary.json").exists()
+    _assert_no_learner_left()
 
 
 def test_resume_needs_a_checkpoint_and_the_same_recipe(tmp_path):
