@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from rl.errors import R1kitError
+from rl.errors import ConfigError, R1kitError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="leave tensors whose name contains NAME out of the sync (to see the check fail)",
     )
+    add_plan_parser(sub)
     convert = sub.add_parser("convert", help="a GGUF model file as a Hugging Face folder")
     convert.add_argument("--gguf", required=True, help="the .gguf file (quantized or not)")
     convert.add_argument("--out", required=True, help="the HF folder to write")
@@ -102,6 +103,27 @@ def add_evaluate_parser(sub: argparse._SubParsersAction) -> None:
         "or a YAML mapping of a recipe's tools keys, e.g. '{environment: functions, functions: "
         "[mytools:multiply], max_turns: 3}'",
     )
+
+
+def add_plan_parser(sub: argparse._SubParsersAction) -> None:
+    """`r1kit plan`: memory, layout and sync of a GRPO run (rl/plan/estimate.py)."""
+    plan = sub.add_parser("plan", help="will a model fit a GRPO run, on how many GPUs, how")
+    plan.add_argument("--model", required=True, help="config.json, model folder or a name")
+    plan.add_argument("--gpus", type=_positive, required=True, help="GPUs in the cluster")
+    plan.add_argument("--gpu", required=True, help="h100, h200, h20, a100, a100-40g, b200, l40s")
+    plan.add_argument("--prompts", type=_positive, default=128, help="prompts per step")
+    plan.add_argument("--group", type=_positive, default=8, help="samples per prompt (G)")
+    plan.add_argument("--prompt-len", type=_positive, default=512)
+    plan.add_argument("--response-len", type=_positive, default=4096)
+    plan.add_argument("--micro-batch-tokens", type=_positive, default=16384)
+    plan.add_argument("--kl", action="store_true", help="a KL reference policy in the learner")
+    plan.add_argument(
+        "--no-activation-checkpointing", action="store_true", help="keep every activation"
+    )
+    plan.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="per engine GPU")
+    plan.add_argument("--host-ram-gib", type=float, default=2048, help="host RAM per node")
+    plan.add_argument("--sync-gbps", type=float, default=25, help="GB/s learner -> engines")
+    plan.add_argument("--json", action="store_true", help="print the JSON result")
 
 
 def _positive(text: str) -> int:
@@ -236,6 +258,35 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 1
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    import json
+
+    from rl.plan import report, resolve_config
+    from rl.plan.estimate import Shape, plan
+    from rl.plan.gpus import gpu_kind
+
+    config = resolve_config(args.model)
+    try:
+        gpu = gpu_kind(args.gpu)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    shape = Shape(
+        prompts=args.prompts,
+        group=args.group,
+        prompt_len=args.prompt_len,
+        response_len=args.response_len,
+        micro_batch_tokens=args.micro_batch_tokens,
+        kl=args.kl,
+        activation_checkpointing=not args.no_activation_checkpointing,
+        gpu_memory_utilization=args.gpu_memory_utilization,
+        sync_gbps=args.sync_gbps,
+        host_ram_gib=args.host_ram_gib,
+    )
+    result = plan(config, args.gpus, gpu, shape)
+    print(json.dumps(result, indent=2) if args.json else report(result, args.model))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -253,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
             "evaluate": cmd_evaluate,
             "check": cmd_check,
             "convert": cmd_convert,
+            "plan": cmd_plan,
         }
         return commands[args.command](args)
     except R1kitError as e:
