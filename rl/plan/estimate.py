@@ -12,8 +12,12 @@ Every figure is a formula of the config and the run's shape, written out below:
   2205.05198, 16-bit, no tensor parallelism, with a fused attention kernel so no s^2 term):
   34 h bytes per token per layer, of which 19 h are the MLP's (scaled by the active expert
   width of an MoE layer); with activation checkpointing only each layer's input (2 h bytes)
-  is kept and one layer is recomputed at a time; plus the logits (bf16) and their fp32
-  log-softmax, 6 B x vocab per token;
+  is kept and one layer is recomputed at a time; plus the logprob path over the vocabulary:
+  the logits in the compute dtype and four fp32 tensors of the same size that the backward
+  keeps (temperature-scaled logits, log-softmax, softmax and the entropy's terms), measured:
+  a SmolLM2 learner rank on this CPU (fp32) grew by 2.18 MB per micro-batch token, against
+  1.35 MB when only the logits and one log-softmax were counted (tests/rl/test_plan.py holds
+  the planner to the measured peak within 15%);
 - the KL reference (``kl``): r1kit keeps it as a sharded fp32 copy, 4 B/param / ranks;
 - an engine (vLLM, bf16 weights, tensor parallel over ``tp`` GPUs): 2 B/param / tp per GPU;
   the KV cache per token from model/memory.py, which tensor parallelism shards by key-value
@@ -51,8 +55,10 @@ class Shape:
     micro_batch_tokens: int = 16384
     kl: bool = False
     activation_checkpointing: bool = True
+    compute_dtype: str = "bfloat16"  # what the learner's forward runs in (float32 on a CPU)
     gpu_memory_utilization: float = 0.9
     sync_gbps: float = 25.0  # GB/s between the learner's rank 0 and the engines
+    learner_overhead_gib: float = LEARNER_OVERHEAD_GIB  # the runtime's own memory per rank
     host_ram_gib: float = 2048.0  # per node
 
 
@@ -72,16 +78,18 @@ def learner_gib(
     """Per-rank learner memory on its GPU, by part (GiB)."""
     config = text_config(config)
     h, vocab = int(config["hidden_size"]), int(config["vocab_size"])
+    width = 2 if shape.compute_dtype in ("bfloat16", "float16") else 4  # bytes per element
     states = 0.0 if offload else 16 * p.total / ranks
-    gathered = 2 * 2 * p.largest_layer + 2 * p.embedding
+    gathered = width * (2 * p.largest_layer + p.embedding)
     tokens = shape.micro_batch_tokens
     active_width = _active_mlp_width(config, p)
-    per_token_layer = (15 + 19 * active_width / (4 * h)) * h
+    # Korthikanti's 16-bit bytes per token and layer: 15 h outside the MLP, 19 h in it
+    per_token_layer = (15 + 19 * active_width / (4 * h)) * h * width / 2
     if shape.activation_checkpointing:
-        activations = p.layers * 2 * h * tokens + per_token_layer * tokens
+        activations = p.layers * width * h * tokens + per_token_layer * tokens
     else:
         activations = p.layers * per_token_layer * tokens
-    logits = 6 * vocab * tokens
+    logits = (width + 4 * 4) * vocab * tokens
     reference = 4 * p.total / ranks if shape.kl else 0.0
     parts = {
         "weights_grads_optimizer": states,
@@ -91,7 +99,7 @@ def learner_gib(
         "reference": reference,
     }
     out = {k: v / GIB for k, v in parts.items()}
-    out["overhead"] = LEARNER_OVERHEAD_GIB
+    out["overhead"] = shape.learner_overhead_gib
     out["total"] = sum(out.values())
     return out
 
