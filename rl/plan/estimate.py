@@ -12,12 +12,14 @@ Every figure is a formula of the config and the run's shape, written out below:
   2205.05198, 16-bit, no tensor parallelism, with a fused attention kernel so no s^2 term):
   34 h bytes per token per layer, of which 19 h are the MLP's (scaled by the active expert
   width of an MoE layer); with activation checkpointing only each layer's input (2 h bytes)
-  is kept and one layer is recomputed at a time; plus the logprob path over the vocabulary:
-  the logits in the compute dtype and four fp32 tensors of the same size that the backward
-  keeps (temperature-scaled logits, log-softmax, softmax and the entropy's terms), measured:
-  a SmolLM2 learner rank on this CPU (fp32) grew by 2.18 MB per micro-batch token, against
-  1.35 MB when only the logits and one log-softmax were counted (tests/rl/test_plan.py holds
-  the planner to the measured peak within 15%);
+  is kept and one layer is recomputed at a time; plus the logprob path over the vocabulary,
+  counted as the logits in the compute dtype and four fp32 tensors of their size. That is a
+  measured figure, not a derivation: rl/logprobs.py chunks the log-softmax and the entropy,
+  but the logits are sliced to the target positions and reshaped (a copy), and the backward
+  makes their gradient and the slice's full-size gradient. A SmolLM2 learner rank on this CPU
+  (fp32) grew by 2.18 MB per micro-batch token, against 1.35 MB when only the logits and one
+  log-softmax were counted (tests/rl/test_plan.py holds the planner to the measured peak
+  within 15%);
 - the KL reference (``kl``): r1kit keeps it as a sharded fp32 copy, 4 B/param / ranks;
 - an engine (vLLM, bf16 weights, tensor parallel over ``tp`` GPUs): 2 B/param / tp per GPU;
   the KV cache per token from model/memory.py, which tensor parallelism shards by key-value
@@ -224,8 +226,9 @@ def _needs(
         )
     if learner["logits"] > 0.1 * gpu.memory_gib:
         needs.append(
-            f"chunked logprobs over the vocabulary (the logits of one micro-batch take "
-            f"{learner['logits']:.0f} GiB)"
+            "a logprob path without vocabulary-sized copies (the logits of one micro-batch, "
+            f"their gradient and the copies around them take {learner['logits']:.0f} GiB: "
+            "fewer tokens per micro-batch cut it)"
         )
     return needs
 
