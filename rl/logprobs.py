@@ -80,12 +80,15 @@ def token_logprobs(
     """
     width = input_ids.shape[1]
     start = max(0, min(start, width - 1))
+    # positions start .. T-2 (the last predicts nothing), picked before the head: sliced
+    # logits would be copied by the reshape below and given a full-size gradient
+    kept = torch.arange(start, width - 1, device=input_ids.device)
     logits = model(
         input_ids=input_ids,
         attention_mask=attention_mask,
         use_cache=False,
-        logits_to_keep=width - start,  # positions start .. T-1; the last predicts nothing
-    ).logits[:, :-1]  # (B, T-1-start, V)
+        logits_to_keep=kept,
+    ).logits  # (B, T-1-start, V), contiguous
     logprobs = selected_logprobs(logits, input_ids[:, start + 1 :], temperature)
     logprobs = torch.nn.functional.pad(logprobs, (start, 0))
     if not with_entropy:

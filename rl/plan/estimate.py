@@ -15,11 +15,11 @@ Every figure is a formula of the config and the run's shape, written out below:
   is kept and one layer is recomputed at a time; plus the logprob path over the vocabulary,
   counted as the logits in the compute dtype and four fp32 tensors of their size. That is a
   measured figure, not a derivation: rl/logprobs.py chunks the log-softmax and the entropy,
-  but the logits are sliced to the target positions and reshaped (a copy), and the backward
-  makes their gradient and the slice's full-size gradient. A SmolLM2 learner rank on this CPU
-  (fp32) grew by 2.18 MB per micro-batch token, against 1.35 MB when only the logits and one
-  log-softmax were counted (tests/rl/test_plan.py holds the planner to the measured peak
-  within 15%);
+  but the backward makes the logits' gradient and the LM head's own. A SmolLM2 learner rank
+  on this CPU (fp32) grows by 1.99 MB per micro-batch token (2.18 before the logits were
+  picked ahead of the head instead of sliced and copied), against 1.35 MB when only the
+  logits and one log-softmax were counted (tests/rl/test_plan.py holds the planner to the
+  measured peak within 15%);
 - the KL reference (``kl``): r1kit keeps it as a sharded fp32 copy, 4 B/param / ranks;
 - an engine (vLLM, bf16 weights, tensor parallel over ``tp`` GPUs): 2 B/param / tp per GPU;
   the KV cache per token from model/memory.py, which tensor parallelism shards by key-value
@@ -226,9 +226,9 @@ def _needs(
         )
     if learner["logits"] > 0.1 * gpu.memory_gib:
         needs.append(
-            "a logprob path without vocabulary-sized copies (the logits of one micro-batch, "
-            f"their gradient and the copies around them take {learner['logits']:.0f} GiB: "
-            "fewer tokens per micro-batch cut it)"
+            "a logprob path that never holds a micro-batch's logits whole (with their "
+            f"gradients they take {learner['logits']:.0f} GiB: fewer tokens per micro-batch "
+            "cut it)"
         )
     return needs
 
