@@ -11,12 +11,3 @@ class ConfigError(R1kitError):
 
 class DataError(R1kitError):
     """A data file is missing or one of its rows is malformed."""
-
-
-class LearnerDiedError(RuntimeError):
-    """A learner rank's actor died (its process killed, its node lost) during a run.
-    ``rollouts``: the run's own engines, still running, for the restarted learner to use."""
-
-    def __init__(self, message: str, rollouts: object = None) -> None:
-        super().__init__(message)
-        self.rollouts = rollouts

@@ -37,9 +37,10 @@ from rl.data import (
     stage_sources,
     write_rows,
 )
-from rl.errors import ConfigError, LearnerDiedError
+from rl.errors import ConfigError
 from rl.evaluation import evaluate_held_out
 from rl.grpo import grpo_step, learn_step
+from rl.learner_group import LearnerDiedError
 from rl.metrics import plot_reward_curve
 from rl.progress import StepProgress
 from rl.schedule import lr_at

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from model.memory import is_mla, kv_cache_bytes_per_token
@@ -70,8 +70,6 @@ class Layout:
     engine_tp: int
     engines: int
     offload: bool
-    colocated: bool = False
-    notes: list[str] = field(default_factory=list)
 
 
 def learner_gib(

@@ -227,7 +227,7 @@ def test_a_learner_that_keeps_dying_ends_the_run_after_max_restarts(
     the checkpoints kept for a ``--resume``."""
     import threading
 
-    from rl.errors import LearnerDiedError
+    from rl.learner_group import LearnerDiedError
 
     overrides = [
         f"model.path={tiny_policy_dir}",
