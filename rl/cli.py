@@ -123,6 +123,9 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     plan.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="per engine GPU")
     plan.add_argument("--host-ram-gib", type=float, default=2048, help="host RAM per node")
     plan.add_argument("--sync-gbps", type=float, default=25, help="GB/s learner -> engines")
+    plan.add_argument(
+        "--mfu", type=float, default=0.19, help="learner FLOPs utilisation (verl, DeepSeek-V3)"
+    )
     plan.add_argument("--json", action="store_true", help="print the JSON result")
 
 
@@ -281,6 +284,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         gpu_memory_utilization=args.gpu_memory_utilization,
         sync_gbps=args.sync_gbps,
         host_ram_gib=args.host_ram_gib,
+        mfu=args.mfu,
     )
     result = plan(config, args.gpus, gpu, shape)
     print(json.dumps(result, indent=2) if args.json else report(result, args.model))

@@ -67,7 +67,9 @@ def report(result: dict[str, Any], model: str) -> str:
             f"sequence); {result['rollout']['sequences_in_flight']} sequences in flight for "
             f"{result['rollout']['samples_per_step']} samples per step",
             f"  host RAM on rank 0's node {result['host_ram_gib']['rank0_node']:.0f} GiB; sync "
-            f"{result['sync']['bytes'] / 1e9:.0f} GB, {result['sync']['seconds']:g} s per step",
+            f"{result['sync']['bytes'] / 1e9:.0f} GB, {result['sync']['seconds']:g} s per step; "
+            f"learner compute ~{result['learner_seconds']:g} s per step at MFU "
+            f"{result['shape']['mfu']:g}",
         ]
     if not result["fits"]:
         lines.append(f"  why: {result['why']}")

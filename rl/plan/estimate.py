@@ -26,7 +26,11 @@ Every figure is a formula of the config and the run's shape, written out below:
   heads, except MLA's one latent head, replicated on every rank; what is left of
   ``gpu_memory_utilization`` after weights and a fixed overhead holds the batch;
 - the sync: bf16 weights once per step, at ``sync_gbps``; r1kit's rank 0 gathers the full
-  fp32 state in its host's RAM first (4 B/param on one node).
+  fp32 state in its host's RAM first (4 B/param on one node);
+- the learner's compute per step, an estimate that starts from a measured utilisation: 6 x
+  active params per trained token (forward + backward), plus 2 x for the forward that gives
+  the old logprobs, over the learner GPUs' bf16 peak at ``mfu`` (0.19: verl's DeepSeek-V3 run
+  on 96 H20, docs/perf/dpsk.md); generation time is not estimated.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ class Shape:
     gpu_memory_utilization: float = 0.9
     sync_gbps: float = 25.0  # GB/s between the learner's rank 0 and the engines
     learner_overhead_gib: float = LEARNER_OVERHEAD_GIB  # the runtime's own memory per rank
+    mfu: float = 0.19  # learner model-FLOPs utilisation (verl's DeepSeek-V3 on H20)
     host_ram_gib: float = 2048.0  # per node
 
 
@@ -204,7 +209,16 @@ def evaluate(
             "waves": math.ceil(samples / concurrent) if concurrent else None,
         },
         "sync": {"bytes": sync_bytes, "seconds": round(sync_bytes / (shape.sync_gbps * 1e9), 1)},
+        "learner_seconds": round(learner_seconds(p, gpu, shape, layout.learner_gpus), 1),
     }
+
+
+def learner_seconds(p: ParamCount, gpu: GPU, shape: Shape, learner_gpus: int) -> float:
+    """The learner's compute per step at ``shape.mfu`` of its GPUs' bf16 peak: (6 + 2) x
+    active params x the step's tokens (train, plus the old-logprob forward)."""
+    tokens = shape.prompts * shape.group * (shape.prompt_len + shape.response_len)
+    flops = 8 * p.active * tokens
+    return flops / (learner_gpus * gpu.bf16_tflops * 1e12 * shape.mfu)
 
 
 def _needs(

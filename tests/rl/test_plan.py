@@ -72,6 +72,10 @@ def test_qwen_7b_fits_on_one_h100_node_and_kv_is_sharded_by_kv_heads():
     assert lay["learner_gpus"] + lay["engines"] * lay["engine_tp"] <= 8
     assert result["kv_cache_bytes_per_token"] == 2 * 4 * 128 * 28 * 2  # k+v, 4 kv heads, bf16
     assert result["per_gpu_gib"]["learner"]["total"] <= 0.92 * 79.6
+    # (6 + 2) x 7.6B active x 128 x 8 x (512 + 4096) tokens over the learner GPUs at MFU 0.19
+    flops = 8 * count_params(resolve_config("qwen2.5-7b")).active * 128 * 8 * (512 + 4096)
+    expected = flops / (lay["learner_gpus"] * 989e12 * 0.19)
+    assert result["learner_seconds"] == pytest.approx(expected, abs=0.06)
 
 
 def test_deepseek_v3_says_why_r1kit_cannot_train_it_yet():
