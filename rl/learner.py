@@ -404,14 +404,13 @@ class LearnerRank:
         with socket.socket() as s:
             s.bind(("", 0))
             port = s.getsockname()[1]
-        return ray.util.get_node_ip_address(), port, "nccl" if self.backend == "nccl" else "gloo"
+        return ray.util.get_node_ip_address(), port, self.backend
 
     def join_weight_group(self, host: str, port: int, world_size: int) -> None:
         """Rank 0 becomes member 0 of the weight-sync group (it hosts the group's store)."""
         from rollouts.weight_transfer import WeightGroup
 
-        backend = "nccl" if self.backend == "nccl" else "gloo"
-        self._weight_group = WeightGroup(host, port, 0, world_size, backend)
+        self._weight_group = WeightGroup(host, port, 0, world_size, self.backend)
 
     def send_weights(self) -> float:
         """Broadcast the buffers of the last collective ``export_weights`` to the group (the

@@ -229,10 +229,7 @@ class LearnerGroup:
 
     def node_id(self) -> str:
         """The Ray node rank 0 runs on (where weight exports are written)."""
-        return ray.get(
-            self.ranks[0].__ray_call__.remote(lambda _: ray.get_runtime_context().get_node_id()),
-            timeout=TIMEOUT_S,
-        )
+        return self.node_ids()[0]
 
     def node_ids(self) -> list[str]:
         """The Ray node of every rank, in rank order."""

@@ -10,7 +10,7 @@ import string
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,8 @@ class Run:
     wall_offset: float = 0.0  # wall seconds of earlier sessions of a resumed run - start time
     sync_folder: str | None = None  # shared memory for weight syncs; None: Ray's object store
     collective: bool = False  # weight syncs broadcast over a torch.distributed group
+    # the Ray node of every learner rank and rollout worker (summary.json's ``placement``)
+    placement: dict[str, list[str]] = field(default_factory=dict)
     learner_restarts: int = 0  # learners this run started again after a rank died
     _syncs: int = 0
 
@@ -384,9 +386,10 @@ def start_run(
         run_log(recipe, out, keep_rows=metrics_rows),  # metrics.jsonl, TensorBoard, wandb
         own_rollouts=own_rollouts,
     )
-    nodes = [learner.node_id(), *rollouts.node_ids()]
+    run.placement = {"learner": learner.node_ids(), "rollout": rollouts.node_ids()}
     run.collective = recipe.rollout.sync_transport == "collective"
-    if not run.collective:
+    if not run.collective:  # rank 0 exports, the engines read
+        nodes = [run.placement["learner"][0], *run.placement["rollout"]]
         run.sync_folder = sync_folder(recipe.rollout.sync_transport, nodes)
     if not own_rollouts:
         run.sync_weights(full=True)  # shared engines may hold anything: all the learner's weights
@@ -474,15 +477,10 @@ def _sync_plan(run: Run) -> str:
     return f"shared memory ({run.sync_folder})" if run.sync_folder else "Ray object store"
 
 
-def placement(run: Run) -> dict[str, list[str]]:
-    """The Ray node of every learner rank and rollout worker (summary.json's ``placement``)."""
-    return {"learner": run.learner.node_ids(), "rollout": run.rollouts.node_ids()}
-
-
 def _placement_plan(run: Run) -> str:
     """Where ranks and engines run, and the memory knobs that apply there."""
     lc, rc = run.recipe.learner, run.recipe.rollout
-    where = placement(run)
+    where = run.placement
     nodes = sorted(set(where["learner"]) | set(where["rollout"]))
     if len(nodes) == 1:
         text = "all on one Ray node"

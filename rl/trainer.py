@@ -44,7 +44,7 @@ from rl.learner_group import LearnerDiedError
 from rl.metrics import plot_reward_curve
 from rl.progress import StepProgress
 from rl.schedule import lr_at
-from rl.setup import Run, import_object, placement, start_run
+from rl.setup import Run, import_object, start_run
 
 # Recipe sections a resumed run may change: where the cluster is, how often to checkpoint,
 # where metrics are shown.
@@ -97,7 +97,7 @@ def _train_once(
     summary: dict = {
         "eval": dict(state.summary.get("eval", {})) if state else {},
         "learner_restarts": learner_restarts,
-        "placement": placement(run),
+        "placement": run.placement,
     }
     try:
         if recipe.sft.steps > 0 and "sft" not in summary["eval"]:
