@@ -21,6 +21,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from model.moe import RoutingRecorder, add_expert_load, update_router_bias
+from model.mtp import MTPForward, mtp_layer
 from rl.batch import Batch
 from rl.checkpoint import load_learner_state, save_learner_state
 from rl.fsdp import apply_fsdp, gather_full_state
@@ -32,7 +33,7 @@ from rl.logprobs import (
 )
 from rl.loss_config import LossConfig
 from rl.losses import decoupled_policy_loss, kl_loss, policy_loss, sft_loss
-from rl.metrics import UpdateStats
+from rl.metrics import MTPStats, UpdateStats
 
 
 class LearnerRank:
@@ -100,6 +101,10 @@ class LearnerRank:
             )
         param_dtype = torch.bfloat16 if self.dtype == "bfloat16" else None
         apply_fsdp(model, mesh, param_dtype=param_dtype, offload=self.offload_optimizer)
+        # the MTP module trains with its own loss, never under LoRA (adapters only train);
+        # taken after sharding, which replaces every parameter with its DTensor
+        layer = None if self.lora else mtp_layer(model)
+        self._mtp_params = set() if layer is None else {id(p) for p in layer.parameters()}
         self.model, self.device, self.mesh = model, device, mesh
         return sum(p.numel() for p in model.parameters())
 
@@ -112,9 +117,10 @@ class LearnerRank:
             get_model_state_dict,
             set_model_state_dict,
         )
-        from transformers import AutoModelForCausalLM
 
-        reference = AutoModelForCausalLM.from_config(self.model.config).to(self.device)
+        from model.hf import policy_from_config
+
+        reference = policy_from_config(self.model.config).to(self.device)
         param_dtype = torch.bfloat16 if self.dtype == "bfloat16" else None
         apply_fsdp(reference, self.mesh, param_dtype=param_dtype)
         set_model_state_dict(reference, get_model_state_dict(self.model))
@@ -144,11 +150,14 @@ class LearnerRank:
         ids, attn = self._to(mb.input_ids), self._to(mb.attention_mask)
         return token_logprobs(model, ids, attn, temperature, start=first_target(mb.loss_mask), **kw)
 
-    def _shared_logprobs(self, model: torch.nn.Module, mb: Batch, temperature: float, **kw):
+    def _shared_logprobs(
+        self, model: torch.nn.Module, mb: Batch, temperature: float, pack: bool = True, **kw
+    ):
         """``(_token_logprobs result, tokens computed (N, L))``: from rows packed by prompt
-        (rl.logprobs.share_prompts) when that saves work, values on the loss mask only."""
+        (rl.logprobs.share_prompts) when that saves work and ``pack``, values on the loss mask
+        only."""
         packed = None
-        if self.share_prompts and model.config._attn_implementation == "sdpa":
+        if pack and self.share_prompts and model.config._attn_implementation == "sdpa":
             packed = share_prompts(mb.input_ids, mb.loss_mask, self.share_prompts)
         if packed is None:
             return self._token_logprobs(model, mb, temperature, **kw), mb.attention_mask
@@ -159,16 +168,31 @@ class LearnerRank:
     def _to(self, t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(self.device)
 
+    def _mtp(self, mb: Batch, weight: float, **kw) -> MTPForward | nullcontext:
+        """The MTP module's forward inside the policy's (model/mtp.py), when it trains."""
+        if not (weight and self._mtp_params):
+            return nullcontext()
+        return MTPForward(self.model, self._to(mb.loss_mask), **kw)
+
     def _step(self, lr: float, max_grad_norm: float | None) -> float:
+        """Clip and step; returns the policy's gradient norm. The MTP module's gradients are
+        clipped on their own: its loss never changes how far the policy moves."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        norm = torch.nn.utils.clip_grad_norm_(
-            self.model.parameters(), max_grad_norm or float("inf")
-        )
-        norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+        params = list(self.model.parameters())
+        policy = [p for p in params if id(p) not in self._mtp_params and p.requires_grad]
+        norm = self._clip(policy, max_grad_norm)
+        mtp = [p for p in params if id(p) in self._mtp_params and p.grad is not None]
+        if mtp:
+            self._clip(mtp, max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm
+
+    @staticmethod
+    def _clip(params: list[torch.nn.Parameter], max_norm: float | None) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm or float("inf"))
+        return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
 
     def sft_step(
         self,
@@ -178,16 +202,27 @@ class LearnerRank:
         micro_batch_size: int,
         max_grad_norm: float | None = 1.0,
         starts: Sequence[int] | None = None,
-    ) -> dict[str, float]:
-        """One optimizer step of NLL on the completion tokens (mean over the global batch)."""
+        mtp_loss_weight: float = 0.0,
+    ) -> dict[str, Any]:
+        """One optimizer step of NLL on the completion tokens (mean over the global batch),
+        plus ``mtp_loss_weight`` times the MTP module's NLL of the tokens two ahead (over the
+        same denominator; its gradient reaches the trunk, as in DeepSeek-V3's training)."""
         self.model.train()
-        total = 0.0
+        total, mtp_stats = 0.0, MTPStats()
         for _, mb in self._micro_batches(batch, micro_batch_size, starts):
-            lp = self._token_logprobs(self.model, mb)
+            with self._mtp(mb, mtp_loss_weight) as mtp:
+                lp = self._token_logprobs(self.model, mb)
             loss = sft_loss(lp, self._to(mb.loss_mask), num_tokens=num_tokens)
+            if mtp is not None:
+                mtp_loss = mtp_loss_weight * mtp.nll(num_tokens)
+                loss = loss + mtp_loss
+                mtp_stats.add(mtp, float(mtp_loss.detach()))
             (loss * self.world_size).backward()
             total += float(loss.detach())
-        return {"loss": total, "grad_norm": self._step(lr, max_grad_norm)}
+        out: dict[str, Any] = {"loss": total, "grad_norm": self._step(lr, max_grad_norm)}
+        if mtp_loss_weight and self._mtp_params:
+            out["mtp"] = mtp_stats
+        return out
 
     @torch.no_grad()
     def logprobs(
@@ -234,20 +269,35 @@ class LearnerRank:
         needs ``batch.ref_logprobs``; mismatch correction weighs every token's loss by
         min(old / rollout, cap) from ``batch.rollout_logprobs``."""
         self.model.train()
-        stats, load = UpdateStats(), {}
+        stats, load, mtp_stats = UpdateStats(), {}, MTPStats()
+        n_layers = self.model.config.num_hidden_layers
         for _, mb in self._micro_batches(batch, micro_batch_size, starts):
-            with RoutingRecorder(self.model) as routing:
+            mtp_context = self._mtp(
+                mb, loss.mtp_loss_weight, detach=True, temperature=loss.temperature
+            )
+            with RoutingRecorder(self.model) as routing, mtp_context as mtp:
                 (lp, entropy), tokens = self._shared_logprobs(
                     self.model,
                     mb,
                     loss.temperature,
+                    pack=mtp is None,  # the MTP module reads whole, unpacked rows
                     with_entropy=True,
                     entropy_grad=loss.entropy_coef != 0,
                 )
-            add_expert_load(load, routing.records, self._to(tokens), self.model.config)
+            records = routing.records
+            main = {k: v for k, v in records.items() if k < n_layers}
+            add_expert_load(load, main, self._to(tokens), self.model.config)
             value = self._update_loss(lp, entropy, mb, loss, num_tokens, num_seqs, stats)
+            if mtp is not None:  # the draft learns to follow the policy's own samples
+                mtp_records = {k: v for k, v in records.items() if k >= n_layers}
+                add_expert_load(load, mtp_records, mtp.slots, self.model.config)
+                mtp_loss = loss.mtp_loss_weight * mtp.nll(num_tokens)
+                value = value + mtp_loss
+                mtp_stats.add(mtp, float(mtp_loss.detach()))
             (value * self.world_size).backward()
         out: dict[str, Any] = {"stats": stats, "expert_load": load}  # this rank's rows
+        if loss.mtp_loss_weight and self._mtp_params:
+            out["mtp"] = mtp_stats
         if gradients_only:  # leave the weights alone; return the full gradient instead
             out["gradients"] = {
                 name: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).cpu()
@@ -438,15 +488,14 @@ class LearnerRank:
 
     def save(self, path: str) -> str | None:
         """All ranks gather; rank 0 writes a Hugging Face checkpoint folder."""
-        from transformers import AutoModelForCausalLM
-
         from model import save_policy
+        from model.hf import policy_from_config
 
         state = self._full_state_dict()
         if self.rank != 0:
             return None
         with torch.device("meta"):
-            shell = AutoModelForCausalLM.from_config(self.model.config)
+            shell = policy_from_config(self.model.config)
         shell.load_state_dict(state, strict=False, assign=True)
         shell.tie_weights()  # a tied output embedding was gathered once, as the input's
         save_policy(shell, self.tokenizer, Path(path))

@@ -10,7 +10,7 @@ import torch
 from rl.batch import Batch, micro_batch_starts
 from rl.learner import LearnerRank
 from rl.loss_config import LossConfig
-from rl.metrics import UpdateStats
+from rl.metrics import MTPStats, UpdateStats
 
 TIMEOUT_S = 1800  # no single learner call should take this long on any machine we target
 
@@ -105,12 +105,22 @@ class LearnerGroup:
     def configure_optimizer(self, lr: float, weight_decay: float = 0.0) -> None:
         self._all("configure_optimizer", lr, weight_decay)
 
-    def sft_step(self, batch: Batch, lr: float, micro_batch_size: int) -> dict[str, float]:
+    def sft_step(
+        self, batch: Batch, lr: float, micro_batch_size: int, mtp_loss_weight: float = 0.0
+    ) -> dict[str, float]:
+        """One SFT step; ``loss`` includes the MTP term, reported apart as ``mtp_loss`` with
+        ``mtp_accuracy`` when the policy has an MTP module that trains."""
         num_tokens = float(batch.loss_mask.sum())
         outs = self._split(
-            "sft_step", batch, num_tokens=num_tokens, lr=lr, micro_batch_size=micro_batch_size
+            "sft_step",
+            batch,
+            num_tokens=num_tokens,
+            lr=lr,
+            micro_batch_size=micro_batch_size,
+            mtp_loss_weight=mtp_loss_weight,
         )
-        return {"loss": sum(o["loss"] for o in outs), "grad_norm": outs[0]["grad_norm"]}
+        out = {"loss": sum(o["loss"] for o in outs), "grad_norm": outs[0]["grad_norm"]}
+        return {**out, **_mtp_metrics(outs, acceptance=False)}
 
     def logprobs(
         self, batch: Batch, micro_batch_size: int, temperature: float, reference: bool = False
@@ -183,6 +193,7 @@ class LearnerGroup:
             "grad_norm": outs[0].get("grad_norm"),
             "rows_learned": len(batch),
             **_expert_load_metrics(outs),
+            **_mtp_metrics(outs),
         }
         if gradients_only:
             metrics["gradients"] = outs[0]["gradients"]
@@ -290,3 +301,9 @@ def _expert_load_metrics(outs: list[dict]) -> dict[str, Any]:
             for layer in layers
         }
     }
+
+
+def _mtp_metrics(outs: list[dict], acceptance: bool = True) -> dict[str, float]:
+    """The MTP module's metrics over ranks (rl.metrics.MTPStats); {} when it did not train."""
+    parts = [o["mtp"] for o in outs if "mtp" in o]
+    return sum(parts, MTPStats()).report(acceptance) if parts else {}

@@ -38,6 +38,9 @@ class LossConfig:
     """Sampling temperature: the learner scales its logits by the same value."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping by global norm; None: off."""
+    mtp_loss_weight: float = 0.0
+    """Weight of the MTP module's NLL of the sampled tokens (model/mtp.py), detached from the
+    policy: the draft follows the policy; 0: the draft stays as it is."""
 
     @classmethod
     def from_grpo(cls, grpo: Any) -> LossConfig:
@@ -56,6 +59,7 @@ class LossConfig:
             mismatch_cap=grpo.mismatch_cap,
             temperature=grpo.temperature,
             max_grad_norm=grpo.max_grad_norm,
+            mtp_loss_weight=grpo.mtp_loss_weight,
         )
 
     @property

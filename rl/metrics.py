@@ -215,6 +215,38 @@ class UpdateStats:
         return out
 
 
+@dataclass
+class MTPStats:
+    """Running sums of the MTP module's training metrics (model/mtp.py ``MTPForward``) over
+    micro-batches and ranks: ``mtp_loss`` (the weighted NLL term, summed like ``loss``),
+    ``mtp_accuracy`` (the draft's argmax is the real token) and ``mtp_acceptance`` (expected
+    acceptance of that greedy draft token under the policy; GRPO only), means over the draft
+    positions."""
+
+    tokens: float = 0.0
+    loss: float = 0.0
+    accuracy_sum: float = 0.0
+    acceptance_sum: float = 0.0
+
+    def add(self, mtp: Any, loss: float) -> None:
+        if mtp.count:
+            self.tokens += mtp.count
+            self.accuracy_sum += mtp.accuracy * mtp.count
+            if not math.isnan(mtp.acceptance):
+                self.acceptance_sum += mtp.acceptance * mtp.count
+        self.loss += loss
+
+    def __add__(self, other: MTPStats) -> MTPStats:
+        return MTPStats(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
+    def report(self, acceptance: bool = True) -> dict[str, float]:
+        n = max(self.tokens, 1.0)
+        out = {"mtp_loss": self.loss, "mtp_accuracy": self.accuracy_sum / n}
+        if acceptance:
+            out["mtp_acceptance"] = self.acceptance_sum / n
+        return out
+
+
 def combine_updates(updates: list[dict], first_pass: int) -> dict:
     """One step's metrics from its updates' (``UpdateStats.report`` plus ``grad_norm`` and
     ``rows_learned``; the first ``first_pass`` updates are the first pass over the batch).
@@ -243,6 +275,8 @@ def combine_updates(updates: list[dict], first_pass: int) -> dict:
         "entropy": first.get("entropy"),
         "ratio_min": min((u["ratio_min"] for u in done), default=None),
         "ratio_max": max((u["ratio_max"] for u in done), default=None),
+        **{k: first[k] for k in ("mtp_accuracy", "mtp_acceptance") if k in first},
+        **({"mtp_loss": mean("mtp_loss")} if "mtp_loss" in first else {}),
     }
 
 

@@ -49,14 +49,15 @@ def open_rank(model_dir, dtype="bfloat16", backend="nccl", lora=None, share_prom
         rank.shutdown()
 
 
-def grpo_batch(preset: str, model_dir, tool_tokens: bool = False) -> Batch:
+def grpo_batch(preset: str, model_dir, tool_tokens: bool = False, mtp: bool = False) -> Batch:
     """A saved ``preset`` policy (seed 0) and a GRPO batch: each prompt twice, one completion
     with advantage +1 and one with -1. Rollout logprobs are the fp32 policy's at TEMPERATURE;
     old logprobs are those shifted by +0.3, -0.1, -0.3, +0.1, ... along the sequence, so that
     the ratios (0.74, 1.11, 1.35, 0.90) depend on the weights and some clip at either bound:
     the loss is not the constant -mean(A) of an on-policy first step. With ``tool_tokens``,
-    some completions are multi-turn: tokens inside them are tool output (mask 0)."""
-    model, tok = new_policy(preset, ALPHABET, seed=0)
+    some completions are multi-turn: tokens inside them are tool output (mask 0). ``mtp``: the
+    policy carries an MTP module (DeepSeek-V3 presets)."""
+    model, tok = new_policy(preset, ALPHABET, seed=0, mtp=mtp)
     save_policy(model, tok, model_dir)
     prompts = [[1, 4, 12, 13, 5], [1, 4, 14, 5], [1, 4, 12, 15, 16, 5], [1, 4, 17, 5]] * 2
     completions = [[14, 12, 2], [13, 2], [12, 12, 12, 2], [15, 16, 2]]
