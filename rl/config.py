@@ -78,6 +78,12 @@ class ModelConfig:
     """Weights' dtype in the learner and the rollout engine."""
     init_seed: NonNegativeInt = 0
     """Seed of the random initialisation of a preset."""
+    mtp: bool = False
+    """Give a DeepSeek-V3 policy that has none a multi-token-prediction module (DeepSeek-V3's
+    MTP: one block predicting the token after next, sharing embedding and head; model/mtp.py).
+    It trains in SFT and GRPO (``sft.mtp_loss_weight``, ``grpo.mtp_loss_weight``), travels
+    with every weight sync and drafts speculative rollouts (``rollout.speculative_tokens``).
+    A checkpoint that holds one keeps it either way."""
 
 
 @dataclass
@@ -171,6 +177,10 @@ class SFTConfig:
     """Linear warm-up steps."""
     weight_decay: NonNegativeFloat = 0.0
     """AdamW weight decay."""
+    mtp_loss_weight: NonNegativeFloat = 0.3
+    """Weight of the MTP module's loss (its NLL of each token two ahead, per completion token)
+    added to the SFT loss, gradient into the trunk as in DeepSeek-V3 (whose lambda is 0.3,
+    then 0.1); no effect on a policy without an MTP module."""
 
 
 @dataclass
@@ -254,6 +264,11 @@ class GRPOConfig:
     """Gradient clipping by global norm."""
     weight_decay: NonNegativeFloat = 0.0
     """AdamW weight decay."""
+    mtp_loss_weight: NonNegativeFloat = 0.3
+    """The MTP module keeps up with the policy: its NLL of the sampled completions, at this
+    weight, detached from the policy (no gradient into the trunk, embedding or head, clipped
+    on its own: the policy's update is GRPO's alone). 0: the draft stays frozen, and goes
+    stale as the policy moves. No effect on a policy without an MTP module."""
 
 
 @dataclass
@@ -344,6 +359,11 @@ class RolloutConfig:
     resources: dict[str, float] = field(default_factory=dict)
     """Custom Ray resources each worker's placement bundle adds (as ``learner.resources``):
     ``{rollout_node: 1}`` keeps the engines on nodes that offer it."""
+    speculative_tokens: NonNegativeInt = 0
+    """Speculative rollouts: the policy's own MTP module drafts this many tokens per step
+    and the engine verifies them (vLLM's ``mtp`` method; the policy needs an MTP module,
+    ``model.mtp``). Sampling stays the policy's distribution and the completions' logprobs
+    are the policy's. 0: plain decoding."""
     sync_bucket_mb: PositiveFloat = 256
     """Weight sync: the learner's weights travel in buckets of about this size (cut between
     layers), reloaded one by one: the engine's worker process holds one bucket at a time
@@ -573,6 +593,19 @@ def _check(recipe: Recipe, source: str) -> None:
         ),
         (recipe.model.path or recipe.model.preset, "model", "a preset or a path"),
         (
+            not recipe.model.mtp
+            or recipe.model.path
+            or _preset_type(recipe.model.preset) == "deepseek_v3",
+            "model.mtp",
+            f"false for preset {recipe.model.preset!r}: multi-token prediction needs a "
+            "DeepSeek-V3 policy",
+        ),
+        (
+            not recipe.rollout.speculative_tokens or recipe.model.mtp or recipe.model.path,
+            "rollout.speculative_tokens",
+            "0 unless the policy has an MTP module to draft with (model.mtp: true)",
+        ),
+        (
             recipe.tools.environment in (None, "python", "functions")
             or ":" in recipe.tools.environment,
             "tools.environment",
@@ -590,6 +623,12 @@ def _check(recipe: Recipe, source: str) -> None:
             raise ConfigError(f"{source}: key '{key}' must be {expected}")
     if recipe.rewards.accuracy not in recipe.rewards.weights and recipe.rewards.accuracy != "math":
         raise ConfigError(f"{source}: key 'rewards.accuracy' names no reward of rewards.weights")
+
+
+def _preset_type(name: str | None) -> str | None:
+    from model.presets import PRESETS
+
+    return PRESETS.get(name or "", {}).get("model_type")
 
 
 def _data_rules(data: DataConfig) -> list[tuple[Any, str, str]]:

@@ -143,6 +143,7 @@ def learn_step(
         **sampling,
         **shaping,
         **rollout_health(groups),
+        **speculative_metrics(run),
         **tool_metrics(groups.completions, _accuracies(run, groups)),
         "lr": lr,
         **update,
@@ -412,6 +413,26 @@ def _learner_logprobs(run: Run, batch: Batch) -> torch.Tensor:
             batch.select(learn), run.recipe.learner.micro_batch_size, run.recipe.grpo.temperature
         )
     return old
+
+
+def speculative_metrics(run: Run) -> dict:
+    """Speculative rollouts since the last step (``rollout.speculative_tokens``): tokens the
+    MTP draft proposed, how many the policy accepted, and their ratio; {} without a draft.
+    A worker replaced meanwhile restarts its counters: that step reports what is left."""
+    if not run.recipe.rollout.speculative_tokens:
+        return {}
+    now = run.rollouts.speculative_counts()
+    before = run.speculative_counts
+    run.speculative_counts = now
+    drafted = now.get("draft_tokens", 0) - before.get("draft_tokens", 0)
+    accepted = now.get("accepted", 0) - before.get("accepted", 0)
+    if drafted < 0 or accepted < 0:  # counters restarted
+        drafted, accepted = now.get("draft_tokens", 0), now.get("accepted", 0)
+    return {
+        "spec_draft_tokens": drafted,
+        "spec_accepted_tokens": accepted,
+        "spec_acceptance": accepted / drafted if drafted else None,
+    }
 
 
 def rollout_health(groups: Groups) -> dict:

@@ -46,6 +46,7 @@ class Run:
     # the Ray node of every learner rank and rollout worker (summary.json's ``placement``)
     placement: dict[str, list[str]] = field(default_factory=dict)
     learner_restarts: int = 0  # learners this run started again after a rank died
+    speculative_counts: dict[str, int] = field(default_factory=dict)  # at the last step's end
     _syncs: int = 0
 
     @property
@@ -199,30 +200,14 @@ def import_object(spec: str, key: str) -> Any:
 
 def initial_policy(recipe: Recipe, out: Path, data: dict[str, list[dict]]) -> Path:
     """The starting checkpoint as an HF folder: a local model, or a preset built from scratch
-    with a character tokenizer over the data's alphabet."""
+    with a character tokenizer over the data's alphabet; with ``model.mtp``, one that holds
+    an MTP module (added and saved under checkpoints/init when the model has none)."""
     from model import new_policy, save_policy
     from model.tokenizer import THINK_TOKENS
 
     if recipe.model.path:
-        from model.assets import PRETRAINED
-
-        if recipe.model.path.lower() in PRETRAINED:
-            return PRETRAINED[recipe.model.path.lower()](recipe.model.dtype)
-        path = Path(recipe.model.path).expanduser()
-        if path.suffix == ".gguf":
-            from model.gguf import converted
-
-            if not path.is_file():
-                raise ConfigError(f"recipe key 'model.path': GGUF file not found: {path}")
-            return converted(path, recipe.model.dtype)
-        if not (path / "config.json").is_file() and _hub_name(recipe.model.path):
-            return _from_hub(recipe.model.path)
-        if not (path / "config.json").is_file():
-            raise ConfigError(
-                f"recipe key 'model.path': {path} is not a Hugging Face model folder "
-                "(no config.json) nor a .gguf file"
-            )
-        return path
+        path = _local_policy(recipe)
+        return _with_mtp(path, out / "checkpoints" / "init") if recipe.model.mtp else path
     chat = ChatFormat(None, recipe.data.system_prompt, recipe.data.prompt_template)
     text = "".join(
         turn["content"] + r.get("completion", "") + str(r.get("answer", ""))
@@ -235,9 +220,54 @@ def initial_policy(recipe: Recipe, out: Path, data: dict[str, list[dict]]) -> Pa
     if recipe.tools.environment is not None:  # tool output can hold any printable character
         text += string.printable
     model, tokenizer = new_policy(
-        recipe.model.preset, "".join(sorted(set(text))), seed=recipe.model.init_seed
+        recipe.model.preset,
+        "".join(sorted(set(text))),
+        seed=recipe.model.init_seed,
+        mtp=recipe.model.mtp,
     )
     return save_policy(model, tokenizer, out / "checkpoints" / "init")
+
+
+def _local_policy(recipe: Recipe) -> Path:
+    """The HF folder of ``model.path``: a pretrained model by name, a GGUF file converted
+    once, a hub snapshot or a local folder."""
+    from model.assets import PRETRAINED
+
+    if recipe.model.path.lower() in PRETRAINED:
+        return PRETRAINED[recipe.model.path.lower()](recipe.model.dtype)
+    path = Path(recipe.model.path).expanduser()
+    if path.suffix == ".gguf":
+        from model.gguf import converted
+
+        if not path.is_file():
+            raise ConfigError(f"recipe key 'model.path': GGUF file not found: {path}")
+        return converted(path, recipe.model.dtype)
+    if not (path / "config.json").is_file() and _hub_name(recipe.model.path):
+        return _from_hub(recipe.model.path)
+    if not (path / "config.json").is_file():
+        raise ConfigError(
+            f"recipe key 'model.path': {path} is not a Hugging Face model folder "
+            "(no config.json) nor a .gguf file"
+        )
+    return path
+
+
+def _with_mtp(path: Path, out: Path) -> Path:
+    """``path`` itself when its checkpoint holds an MTP module, else a copy with one added
+    (model/mtp.py's initialisation) saved at ``out``."""
+    from model import load_policy, save_policy
+    from model.mtp import attach_mtp, has_mtp_support, mtp_layer
+
+    model, tokenizer = load_policy(path)
+    if not has_mtp_support(model):
+        raise ConfigError(
+            f"recipe key 'model.mtp': multi-token prediction needs a DeepSeek-V3 policy; "
+            f"{path} is {model.config.model_type!r}"
+        )
+    if mtp_layer(model) is not None:
+        return path
+    attach_mtp(model)
+    return save_policy(model, tokenizer, out)
 
 
 def _hub_name(name: str) -> bool:
@@ -289,6 +319,7 @@ def placement_options(recipe: Recipe, gpus: float) -> tuple[dict[str, Any], dict
         "max_num_seqs": rc.max_num_seqs,
         "prefix_caching": rc.prefix_caching,
         "tensor_parallel_size": rc.tensor_parallel_size,
+        "speculative_tokens": rc.speculative_tokens,
         "gpu_memory_utilization": rc.gpu_memory_utilization,
     }
     ranks = {

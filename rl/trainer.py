@@ -223,7 +223,9 @@ def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict
         lr = lr_at(step, cfg.steps, cfg.lr, cfg.warmup_steps)
         t0 = time.time()
         batch = make_batch(prompts, targets, run.pad_id, completion_masks=masks)
-        out = run.learner.sft_step(batch, lr, run.recipe.learner.micro_batch_size)
+        out = run.learner.sft_step(
+            batch, lr, run.recipe.learner.micro_batch_size, cfg.mtp_loss_weight
+        )
         bar.set_postfix(loss=f"{out['loss']:.3f}")
         if step % run.recipe.log_every == 0 or step == cfg.steps:
             run.log.write(
@@ -231,6 +233,7 @@ def run_sft(run: Run, rows: list[dict], state: DriverState | None, summary: dict
                 stage="sft",
                 loss=out["loss"],
                 grad_norm=out["grad_norm"],
+                **{k: v for k, v in out.items() if k.startswith("mtp_")},
                 lr=lr,
                 time_learner=time.time() - t0,
                 learner_restarts=run.learner_restarts,
@@ -386,4 +389,7 @@ def _maybe_checkpoint(
 def evaluate(run: Run, rows: list[dict], stage: str) -> dict:
     """Held-out evaluation after ``stage``: greedy pass@1 as ``accuracy`` (and, with eval.n > 1,
     pass@n, mean@n, maj@n); ``rl.evaluation.evaluate_held_out`` says what it writes."""
-    return evaluate_held_out(run, rows, stage)
+    result = evaluate_held_out(run, rows, stage)
+    if run.recipe.rollout.speculative_tokens:  # its greedy drafts are no GRPO step's
+        run.speculative_counts = run.rollouts.speculative_counts()
+    return result

@@ -20,6 +20,7 @@ import torch
 from model.memory import kv_cache_bytes_per_token
 from rollouts.tools import ToolSpec
 from rollouts.types import Completion
+from rollouts.vllm_cpu import CPU_FIXES
 
 # Shipping the reload function to the engine process through collective_rpc pickles it.
 os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
@@ -34,11 +35,45 @@ def _reload(worker, blob: bytes | str | list[tuple[str, torch.Tensor]]) -> int:
         named = dict(blob)
     else:
         named = load_file(blob) if isinstance(blob, str) else load(blob)
-    worker.model_runner.reload_weights(weights_iterator=iter(named.items()))
     model = worker.model_runner.get_model()
-    _repack_cpu_experts(model, named)
-    _retie_lm_head(model, named)
+    mtp = _mtp_names(model.config, named)
+    target = {k: v for k, v in named.items() if k not in mtp}
+    if target:
+        worker.model_runner.reload_weights(weights_iterator=iter(target.items()))
+        _repack_cpu_experts(model, target)
+        _retie_lm_head(model, target)
+    _reload_draft(worker, mtp)
     return len(named)
+
+
+def _mtp_names(config, named: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors of ``named`` that belong to MTP layers (``model.layers.{i}.*`` with
+    i >= num_hidden_layers): the target model never loads them (one without a draft would
+    fail on them), the draft does."""
+    first = int(getattr(config, "num_hidden_layers", 0))
+    return {
+        k: v
+        for k, v in named.items()
+        if k.startswith("model.layers.") and int(k.split(".")[2]) >= first
+    }
+
+
+def _reload_draft(worker, mtp: Mapping[str, torch.Tensor]) -> int:
+    """Runs inside vLLM's worker: give the speculative draft (the policy's MTP module) the
+    MTP tensors of a sync (``_mtp_names``), through the same in-place reload and
+    post-processing as the target (MLA's absorbed projections, the CPU expert prepack); the
+    draft shares the target's embedding and head, which the target's reload already wrote.
+    Returns tensors loaded."""
+    from vllm.model_executor.model_loader.reload.inplace import reload_weights
+
+    draft = worker.model_runner.get_draft_model()
+    if draft is None or not mtp:
+        return 0
+    reload_weights(
+        worker.model_runner.vllm_config, draft, iter(mtp.items()), None, is_checkpoint_format=True
+    )
+    _repack_cpu_experts(draft, mtp)
+    return len(mtp)
 
 
 def _retie_lm_head(model: torch.nn.Module, loaded: dict[str, torch.Tensor]) -> bool:
@@ -84,7 +119,7 @@ def _repack_cpu_experts(model: torch.nn.Module, loaded: dict[str, torch.Tensor])
         from vllm.model_executor.layers.fused_moe.experts.cpu_moe import CPUUnquantizedExperts
     except ImportError:  # a GPU build: its kernels take the plain layout
         return 0
-    reloaded = {name.split(".experts.")[0] for name in loaded if ".experts." in name}
+    reloaded = {_layer_of(name) for name in loaded if ".experts." in name}
     repacked = 0
     for module_name, module in model.named_modules():
         kernel = getattr(getattr(module, "quant_method", None), "moe_kernel", None)
@@ -93,7 +128,7 @@ def _repack_cpu_experts(model: torch.nn.Module, loaded: dict[str, torch.Tensor])
             experts, "_use_zentorch", False
         ):
             continue
-        if module_name.split(".experts")[0] not in reloaded:
+        if _layer_of(module_name) not in reloaded:  # (a draft's is layers.N.mtp_block.mlp)
             continue  # not in this sync: its storage is still packed
         for name in ("w13_weight", "w2_weight"):
             weight = getattr(module, name)
@@ -102,10 +137,12 @@ def _repack_cpu_experts(model: torch.nn.Module, loaded: dict[str, torch.Tensor])
     return repacked
 
 
-def _fingerprint(worker) -> dict[str, str]:  # runs inside vLLM's worker process
+def _fingerprint(worker, draft: bool = False) -> dict[str, str]:  # runs in vLLM's worker
     import hashlib
 
-    model = worker.model_runner.get_model()
+    model = worker.model_runner.get_draft_model() if draft else worker.model_runner.get_model()
+    if model is None:
+        return {}
     tensors = dict(model.named_parameters())
     tensors.update(model.named_buffers())
     return {
@@ -220,6 +257,7 @@ class VLLMEngine:
         enforce_eager: bool = True,
         prefix_caching: bool = True,
         tensor_parallel_size: int = 1,
+        speculative_tokens: int = 0,
     ) -> None:
         # vLLM-CPU's legacy variable (whole GiB) would override the size given below
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
@@ -232,6 +270,20 @@ class VLLMEngine:
             kwargs.update(
                 tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="mp"
             )
+        if speculative_tokens:  # the policy's own MTP module drafts (model/mtp.py)
+            config = json.loads((Path(model_dir) / "config.json").read_text())
+            if not config.get("num_nextn_predict_layers"):
+                raise ValueError(
+                    f"{model_dir}: speculative rollouts draft with the policy's MTP module, "
+                    "and this checkpoint has none (num_nextn_predict_layers is 0)"
+                )
+            kwargs["speculative_config"] = {
+                "method": "mtp",
+                "num_speculative_tokens": speculative_tokens,
+            }
+            kwargs["disable_log_stats"] = False  # the acceptance counters
+            if not torch.cuda.is_available():  # vLLM-CPU's sampling bug, verify-step speed
+                kwargs["worker_extension_cls"] = CPU_FIXES
         kv_bytes = kv_cache_bytes(model_dir, dtype, max_num_seqs, max_model_len, kv_cache_gib)
         if kv_bytes is not None:
             kwargs["kv_cache_memory_bytes"] = kv_bytes
@@ -474,10 +526,26 @@ class VLLMEngine:
             raise RuntimeError("vLLM kept its prefix cache after a weight update")
         return loaded
 
-    def fingerprint(self) -> dict[str, str]:
+    def speculative_counts(self) -> dict[str, int]:
+        """vLLM's speculative-decoding counters since the engine started: ``drafts`` (verify
+        steps), ``draft_tokens`` proposed, ``accepted`` of them; {} without a draft."""
+        names = {
+            "vllm:spec_decode_num_drafts": "drafts",
+            "vllm:spec_decode_num_draft_tokens": "draft_tokens",
+            "vllm:spec_decode_num_accepted_tokens": "accepted",
+        }
+        counts: dict[str, int] = {}
+        for metric in self.llm.get_metrics() if self.llm.llm_engine.log_stats else []:
+            if metric.name in names:
+                key = names[metric.name]
+                counts[key] = counts.get(key, 0) + int(metric.value)
+        return counts
+
+    def fingerprint(self, draft: bool = False) -> dict[str, str]:
         """A hash of every tensor the engine computes with (in its own, e.g. prepacked,
-        layout): equal fingerprints mean bit-identical weights."""
-        return self.llm.collective_rpc(_fingerprint)[0]
+        layout): equal fingerprints mean bit-identical weights. ``draft``: the speculative
+        draft's ({} without one; it shares the target's embedding and head)."""
+        return self.llm.collective_rpc(_fingerprint, args=(draft,))[0]
 
     def cache_info(self) -> dict[str, int]:
         """The KV cache vLLM allocated: bytes asked for, blocks, tokens per block, tokens."""

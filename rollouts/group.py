@@ -262,6 +262,20 @@ class RolloutGroup:
             lambda _, worker: worker.fingerprint.remote(), self.num_workers, restore_weights=True
         )
 
+    def speculative_counts(self) -> dict[str, int]:
+        """vLLM's speculative-decoding counters (``VLLMEngine.speculative_counts``) summed
+        over the workers; a replaced worker's start again from 0."""
+        total: dict[str, int] = {}
+        parts = self._fan_out(
+            lambda _, worker: worker.speculative_counts.remote(),
+            self.num_workers,
+            restore_weights=True,
+        )
+        for counts in parts:
+            for key, value in counts.items():
+                total[key] = total.get(key, 0) + value
+        return total
+
     def stats(self) -> dict[str, Any]:
         """Restarts (total and per worker) and completions served per worker, since start."""
         return {

@@ -335,3 +335,45 @@ def test_two_rollout_workers_two_ranks_survive_a_worker_killed_mid_run(
         assert r["logprob_diff_mean"] < 1e-4 and r["logprob_diff_max"] < 1e-3, r
     assert all("sync_fallbacks" in r for r in grpo)  # every step synced over the group
     assert sum(r["sync_fallbacks"] for r in grpo) <= 1  # at most the sync it died in
+
+
+def test_mtp_trains_in_sft_and_grpo_and_drafts_the_speculative_rollouts(
+    ray_cluster, tiny_policy_dir, tmp_path
+):
+    """``model.mtp`` on a checkpoint without a module: one is added, SFT trains it (its loss
+    falls), GRPO keeps training it on the rollouts while the run's own engine drafts with it
+    (vLLM's counters per step), every checkpoint holds it, and the engine's logprobs are
+    still the learner's (the parity check, on the target policy)."""
+    recipe = tiny_recipe(
+        tiny_policy_dir,
+        7,
+        "model.mtp=true",
+        "sft.steps=30",
+        "log_every=10",
+        "rollout.speculative_tokens=1",
+    )
+    train(recipe, tmp_path)  # its own engine: speculative decoding is an engine setting
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    sft = [r for r in rows if r["stage"] == "sft"]
+    assert sft[-1]["mtp_loss"] < sft[0]["mtp_loss"] and 0 <= sft[-1]["mtp_accuracy"] <= 1
+    grpo = [r for r in rows if r["stage"] == "grpo"]
+    for r in grpo:
+        assert r["spec_draft_tokens"] > 0 and 0 <= r["spec_acceptance"] <= 1, r
+    learned = [r for r in grpo if r["rows_learned"]]  # the module trains on these rows
+    assert learned, "no learning signal in the test"
+    for r in learned:
+        assert 0 < r["mtp_acceptance"] < 1 and r["mtp_loss"] > 0, r
+        assert r["logprob_diff_mean"] < 1e-4 and r["logprob_diff_max"] < 1e-3, r
+
+    from model.mtp import mtp_layer
+
+    n = load_policy(tiny_policy_dir)[0].config.num_hidden_layers
+    eh_proj = {}
+    for stage in ("init", "sft", "grpo"):
+        folder = tmp_path / "checkpoints" / stage
+        assert json.loads((folder / "config.json").read_text())["num_nextn_predict_layers"] == 1
+        model, _ = load_policy(folder)
+        eh_proj[stage] = mtp_layer(model).eh_proj.weight
+        assert model.config.num_hidden_layers == n
+    assert not torch.equal(eh_proj["init"], eh_proj["sft"])
+    assert not torch.equal(eh_proj["sft"], eh_proj["grpo"])
