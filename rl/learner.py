@@ -168,9 +168,12 @@ class LearnerRank:
     def _to(self, t: torch.Tensor | None) -> torch.Tensor | None:
         return None if t is None else t.to(self.device)
 
+    def _trains_mtp(self, weight: float) -> bool:
+        return bool(weight and self._mtp_params)
+
     def _mtp(self, mb: Batch, weight: float, **kw) -> MTPForward | nullcontext:
         """The MTP module's forward inside the policy's (model/mtp.py), when it trains."""
-        if not (weight and self._mtp_params):
+        if not self._trains_mtp(weight):
             return nullcontext()
         return MTPForward(self.model, self._to(mb.loss_mask), **kw)
 
@@ -220,7 +223,7 @@ class LearnerRank:
             (loss * self.world_size).backward()
             total += float(loss.detach())
         out: dict[str, Any] = {"loss": total, "grad_norm": self._step(lr, max_grad_norm)}
-        if mtp_loss_weight and self._mtp_params:
+        if self._trains_mtp(mtp_loss_weight):
             out["mtp"] = mtp_stats
         return out
 
@@ -296,7 +299,7 @@ class LearnerRank:
                 mtp_stats.add(mtp, float(mtp_loss.detach()))
             (value * self.world_size).backward()
         out: dict[str, Any] = {"stats": stats, "expert_load": load}  # this rank's rows
-        if loss.mtp_loss_weight and self._mtp_params:
+        if self._trains_mtp(loss.mtp_loss_weight):
             out["mtp"] = mtp_stats
         if gradients_only:  # leave the weights alone; return the full gradient instead
             out["gradients"] = {

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -265,16 +266,12 @@ class RolloutGroup:
     def speculative_counts(self) -> dict[str, int]:
         """vLLM's speculative-decoding counters (``VLLMEngine.speculative_counts``) summed
         over the workers; a replaced worker's start again from 0."""
-        total: dict[str, int] = {}
         parts = self._fan_out(
             lambda _, worker: worker.speculative_counts.remote(),
             self.num_workers,
             restore_weights=True,
         )
-        for counts in parts:
-            for key, value in counts.items():
-                total[key] = total.get(key, 0) + value
-        return total
+        return dict(sum(map(Counter, parts), Counter()))
 
     def stats(self) -> dict[str, Any]:
         """Restarts (total and per worker) and completions served per worker, since start."""

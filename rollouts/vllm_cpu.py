@@ -24,11 +24,13 @@ a GPU, nor in any other process.
    for a decode step's ``mla_decode_kvcache``). Its decode kernel reads one query row against
    a block table and a sequence length, so a request's 1 + k query tokens are 1 + k rows with
    the same block table and the lengths ``L - q + 1 .. L``: causal attention over the cache,
-   the verify tokens' own KV written before (``multi_token_decode``). The builder then counts
+   the verify tokens' own KV written before (``_multi_token_decode``). The builder then counts
    requests of up to 1 + k tokens as decodes (``QueryLenSupport.VARLEN``).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
@@ -74,7 +76,6 @@ def _fix_sampling() -> None:
 
 
 def _multi_token_decode() -> None:
-    from vllm import _custom_ops as ops
     from vllm.model_executor.layers.attention.mla_attention import (
         MLACommonMetadataBuilder,
         QueryLenSupport,
@@ -87,25 +88,18 @@ def _multi_token_decode() -> None:
     single_token = cpu_mla.CPUMLAImpl.forward_mqa
 
     def forward_mqa(self, q, kv_c_and_k_pe_cache, attn_metadata, layer):
-        n_decodes, n_tokens = attn_metadata.num_decodes, attn_metadata.num_decode_tokens
-        if n_tokens == n_decodes:  # one token each: vLLM's own path
-            return single_token(self, q, kv_c_and_k_pe_cache, attn_metadata, layer)
-        if isinstance(q, tuple):
-            q = torch.cat(q, dim=-1)
-        q = q.contiguous()
-        if q.shape[0] != n_tokens:
-            raise RuntimeError(f"MLA decode: {q.shape[0]} query rows for {n_tokens} tokens")
-        decode = attn_metadata.decode
-        block_table, seq_lens = decode_rows(
-            attn_metadata.query_start_loc[: n_decodes + 1].cpu(),
-            decode.seq_lens.cpu(),
-            decode.block_table,
-        )
-        out = torch.zeros(n_tokens, q.shape[1], self.kv_lora_rank, dtype=q.dtype)
-        ops.mla_decode_kvcache_cpu(
-            out, q, kv_c_and_k_pe_cache, self.scale, block_table.to(torch.int32), seq_lens
-        )
-        return out, None
+        """vLLM's own decode, on one row per query token (``decode_rows``)."""
+        n_decodes = attn_metadata.num_decodes
+        if attn_metadata.num_decode_tokens != n_decodes:  # verify steps: 1 + k tokens each
+            decode = copy.copy(attn_metadata.decode)
+            decode.block_table, decode.seq_lens = decode_rows(
+                attn_metadata.query_start_loc[: n_decodes + 1].cpu(),
+                decode.seq_lens.cpu(),
+                decode.block_table,
+            )
+            attn_metadata = copy.copy(attn_metadata)
+            attn_metadata.decode = decode
+        return single_token(self, q, kv_c_and_k_pe_cache, attn_metadata, layer)
 
     cpu_mla.CPUMLABackend.get_builder_cls = staticmethod(lambda: Builder)
     cpu_mla.CPUMLAImpl.forward_mqa = forward_mqa
