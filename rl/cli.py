@@ -126,6 +126,12 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
     plan.add_argument(
         "--mfu", type=float, default=0.19, help="learner FLOPs utilisation (verl, DeepSeek-V3)"
     )
+    plan.add_argument(
+        "--gen-efficiency",
+        type=float,
+        default=None,
+        help="engines' share of the decode roofline (default 0.091: verl, DeepSeek-V3)",
+    )
     plan.add_argument("--json", action="store_true", help="print the JSON result")
 
 
@@ -286,6 +292,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         host_ram_gib=args.host_ram_gib,
         mfu=args.mfu,
     )
+    if args.gen_efficiency is not None:
+        shape.gen_efficiency = args.gen_efficiency
     result = plan(config, args.gpus, gpu, shape)
     print(json.dumps(result, indent=2) if args.json else report(result, args.model))
     return 0

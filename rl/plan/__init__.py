@@ -70,6 +70,10 @@ def report(result: dict[str, Any], model: str) -> str:
             f"{result['sync']['bytes'] / 1e9:.0f} GB, {result['sync']['seconds']:g} s per step; "
             f"learner compute ~{result['learner_seconds']:g} s per step at MFU "
             f"{result['shape']['mfu']:g}",
+            f"  generation ~{result['rollout_seconds']:g} s per step "
+            f"({result['rollout']['decode_steps']} decode steps of "
+            f"{result['rollout']['decode_step_ms']:g} ms, at verl's measured share of the "
+            f"roofline); step ~{result['step_seconds']:g} s",
         ]
     if not result["fits"]:
         lines.append(f"  why: {result['why']}")

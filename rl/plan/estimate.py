@@ -8,20 +8,23 @@ Every figure is a formula of the config and the run's shape, written out below:
   host RAM instead with ``offload``); plus the gathered bf16 layer and the one FSDP2
   prefetches (2 x 2 B x the largest layer) and the root module's embedding and head, which
   stay gathered through a step;
-- activations per micro-batch of ``micro_batch_tokens`` tokens (Korthikanti et al.,
-  2205.05198, 16-bit, no tensor parallelism, with a fused attention kernel so no s^2 term):
-  34 h bytes per token per layer, of which 19 h are the MLP's (scaled by the active expert
-  width of an MoE layer); with activation checkpointing only each layer's input (2 h bytes)
-  is kept and one layer is recomputed at a time; plus the logprob path over the vocabulary,
-  counted as the logits in the compute dtype and four fp32 tensors of their size. That is a
-  measured figure, not a derivation: rl/logprobs.py chunks the log-softmax and the entropy,
-  but the backward makes the logits' gradient and the LM head's own. A SmolLM2 learner rank
-  on this CPU (fp32) grows by 1.99 MB per micro-batch token (2.18 before the logits were
-  picked ahead of the head instead of sliced and copied), against 1.35 MB when only the
-  logits and one log-softmax were counted (tests/rl/test_plan.py holds the planner to the
-  measured peak within 15%);
+- activations per micro-batch of ``micro_batch_tokens`` tokens: what autograd saves in a
+  decoder layer, counted from its projection widths as the eager module trees r1kit trains
+  save them (``saved_per_token_layer``: Korthikanti et al., 2205.05198, count 17 h elements
+  for a GPT layer; these modules keep more, e.g. 22 h for tiny-qwen2), with a fused attention
+  kernel (no s^2 term); every layer's, plus about two layers' worth of gradients in the
+  backward; with activation checkpointing each layer's input (h) and one layer recomputed;
+- the logprob path: logits at the completion positions only (r1kit picks them before the
+  head), three vocabulary-sized rows per completion token in the compute dtype (the
+  logits, their gradient, and rl/logprobs.py's chunked float32 work);
+- measured on this CPU (fp32, tests/rl/test_plan.py): learner ranks of tiny-qwen2,
+  tiny-dsv3 and SmolLM2 within 3%, 1% and 7-15% under their peak RSS, above the runtime's
+  own; before the saved tensors were counted the tiny presets came out 27-42% under (the
+  logprob path, over-counted, had covered SmolLM2's layers);
 - the KL reference (``kl``): r1kit keeps it as a sharded fp32 copy, 4 B/param / ranks;
-- an engine (vLLM, bf16 weights, tensor parallel over ``tp`` GPUs): 2 B/param / tp per GPU;
+- an engine (vLLM, bf16 weights, tensor parallel over ``tp`` GPUs): 2 B/param / tp per GPU
+  (on a CPU, fp32, plus the packed copy vLLM-CPU makes of every projection: ``engine_cpu_mib``,
+  within 10% of the measured peak for SmolLM2 and the tiny presets);
   the KV cache per token from model/memory.py, which tensor parallelism shards by key-value
   heads, except MLA's one latent head, replicated on every rank; what is left of
   ``gpu_memory_utilization`` after weights and a fixed overhead holds the batch;
@@ -30,7 +33,10 @@ Every figure is a formula of the config and the run's shape, written out below:
 - the learner's compute per step, an estimate that starts from a measured utilisation: 6 x
   active params per trained token (forward + backward), plus 2 x for the forward that gives
   the old logprobs, over the learner GPUs' bf16 peak at ``mfu`` (0.19: verl's DeepSeek-V3 run
-  on 96 H20, docs/perf/dpsk.md); generation time is not estimated.
+  on 96 H20, docs/perf/dpsk.md);
+- generation time per step (``rollout_seconds``): decode steps bound by the bytes they read
+  (weights touched, KV cache) or their FLOPs, at a share of that roofline measured from
+  the same verl run (``GEN_EFFICIENCY``: its 1,050 s rollout), plus the prefill.
 """
 
 from __future__ import annotations
@@ -50,6 +56,15 @@ LEARNER_OVERHEAD_GIB = 3.0  # CUDA context, NCCL buffers, allocator fragmentatio
 HEADROOM = 0.92  # a layout is planned to use at most this share of a GPU
 
 
+# The share of the decode roofline an engine reaches, from one published run: verl's
+# DeepSeek-V3 on 96 H20 (docs/perf/dpsk.md, examples/grpo_trainer/
+# run_deepseek671b_math_megatron_96gb.sh: 96 prompts x 8, mean response 1,960 tokens,
+# vLLM TP32 eager at 0.6 of each GPU, rollout 1,050 s). ``verl_rollout_efficiency`` works
+# it out; like the MFU it is that run's, eager and with TP32 across four nodes, so a
+# CUDA-graph engine within a node should do better than this estimate.
+GEN_EFFICIENCY = 0.091
+
+
 @dataclass
 class Shape:
     """The run: what each GRPO step samples and trains on, and how."""
@@ -66,6 +81,7 @@ class Shape:
     sync_gbps: float = 25.0  # GB/s between the learner's rank 0 and the engines
     learner_overhead_gib: float = LEARNER_OVERHEAD_GIB  # the runtime's own memory per rank
     mfu: float = 0.19  # learner model-FLOPs utilisation (verl's DeepSeek-V3 on H20)
+    gen_efficiency: float = GEN_EFFICIENCY  # engines' share of the decode roofline (the same)
     host_ram_gib: float = 2048.0  # per node
 
 
@@ -87,14 +103,15 @@ def learner_gib(
     states = 0.0 if offload else 16 * p.total / ranks
     gathered = width * (2 * p.largest_layer + p.embedding)
     tokens = shape.micro_batch_tokens
-    active_width = _active_mlp_width(config, p)
-    # Korthikanti's 16-bit bytes per token and layer: 15 h outside the MLP, 19 h in it
-    per_token_layer = (15 + 19 * active_width / (4 * h)) * h * width / 2
-    if shape.activation_checkpointing:
-        activations = p.layers * width * h * tokens + per_token_layer * tokens
-    else:
-        activations = p.layers * per_token_layer * tokens
-    logits = (width + 4 * 4) * vocab * tokens
+    layer = saved_per_token_layer(config, p) * width * tokens  # one layer's saved tensors
+    if shape.activation_checkpointing:  # layer inputs, one layer recomputed, its gradients
+        activations = p.layers * width * h * tokens + 3 * layer
+    else:  # every layer's, and the backward's gradients of about two layers' worth
+        activations = (p.layers + 2) * layer
+    # logits at the completion positions only, and their gradient (the log-softmax and
+    # entropy are chunked in rl/logprobs.py)
+    completion = shape.response_len / (shape.prompt_len + shape.response_len)
+    logits = 3 * width * vocab * tokens * completion
     reference = 4 * p.total / ranks if shape.kl else 0.0
     parts = {
         "weights_grads_optimizer": states,
@@ -109,16 +126,50 @@ def learner_gib(
     return out
 
 
-def _active_mlp_width(config: Mapping[str, Any], p: ParamCount) -> float:
-    """The intermediate width a token runs through in an average layer's MLP."""
-    if not p.moe_layers:
-        return float(config["intermediate_size"])
-    moe = int(config.get("moe_intermediate_size") or config["intermediate_size"])
-    k = int(config.get("num_experts_per_tok") or 1)
-    shared = int(config.get("n_shared_experts") or 0)
-    moe_width = (k + shared) * moe
-    dense = p.layers - p.moe_layers
-    return (dense * int(config["intermediate_size"]) + p.moe_layers * moe_width) / p.layers
+def saved_per_token_layer(config: Mapping[str, Any], p: ParamCount) -> float:
+    """Elements autograd keeps per token in an average decoder layer, as the eager module
+    trees r1kit trains save them (counted with saved-tensor hooks on tiny-qwen2, tiny-dsv3
+    and SmolLM2: 5,575 / 6,457 / 11,205 against 5,376 / 5,926 / 11,136 here; a fused
+    attention kernel, so no s^2 term). The norms, residual stream and projection inputs
+    take 6 h; attention its queries, keys, values and output; a SwiGLU MLP of width i
+    keeps gate, up, their product's input and the down projection's input, 4 i; an MoE
+    layer that for each of the top-k experts a token runs, with the token's input and
+    output copies (2 h each), plus the shared experts and the router's scores."""
+    config = text_config(config)
+    h = int(config["hidden_size"])
+    heads = int(config["num_attention_heads"])
+    if is_mla(config):
+        nope, rope = int(config["qk_nope_head_dim"]), int(config["qk_rope_head_dim"])
+        v = int(config["v_head_dim"])
+        q_rank = int(config.get("q_lora_rank") or 0)
+        attention = (
+            3 * int(config["kv_lora_rank"]) + 3 * q_rank + heads * (2 * (nope + rope) + 2 * v)
+        )
+    else:
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or h // heads)
+        attention = 2 * (heads + kv_heads) * head_dim
+    dense = 4 * int(config["intermediate_size"])
+    if p.moe_layers:
+        moe_inter = int(config.get("moe_intermediate_size") or config["intermediate_size"])
+        k = int(config.get("num_experts_per_tok") or 1)
+        shared_inter = config.get("shared_expert_intermediate_size")
+        shared = (
+            int(shared_inter)
+            if shared_inter
+            else moe_inter * int(config.get("n_shared_experts") or 0)
+        )
+        experts = int(
+            config.get("n_routed_experts")
+            or config.get("num_experts")
+            or config.get("num_local_experts")
+            or 0
+        )
+        moe = 2 * k * h + 4 * k * moe_inter + 4 * shared + experts
+    else:
+        moe = 0
+    mlp = ((p.layers - p.moe_layers) * dense + p.moe_layers * moe) / p.layers
+    return 6 * h + attention + mlp
 
 
 def engine_kv_bytes_per_gpu(config: Mapping[str, Any], tp: int) -> float:
@@ -131,11 +182,45 @@ def engine_kv_bytes_per_gpu(config: Mapping[str, Any], tp: int) -> float:
     return per_token / min(tp, kv_heads)
 
 
+def engine_weight_bytes(p: ParamCount, dtype_bytes: int, tp: int = 1) -> int:
+    """The weights one GPU (or CPU process) of a ``tp``-way engine holds, MTP included."""
+    return dtype_bytes * (p.total + p.mtp) // tp
+
+
+# vLLM's own memory once an engine has built and sampled, beyond its imports (engine core,
+# scheduler, warm-up run): a one-sequence tiny-qwen2 engine on this CPU peaked 239 MiB
+# above the process's RSS after ``import vllm`` (tests/rollouts/engine_peak.py).
+ENGINE_CPU_RUNTIME_MIB = 240.0
+SAMPLER_ROWS = 4  # vocabulary-sized fp32 rows per sequence a sampling step holds
+
+
+def engine_cpu_mib(
+    p: ParamCount, config: Mapping[str, Any], kv_bytes: int, max_num_seqs: int
+) -> dict[str, float]:
+    """An fp32 vLLM engine on a CPU (MiB), beyond its imports: the weights; the packed
+    copy vLLM-CPU makes of every 2-D projection for its GEMM kernels (attention, dense and
+    shared-expert MLPs, routers: measured, 424 MiB for SmolLM2's 106M projection
+    parameters; routed experts are repacked in place and the head is not copied); the KV
+    cache it was given; the sampler's rows; and vLLM's own runtime."""
+    config = text_config(config)
+    projections = p.attention + p.dense_mlp + p.shared_experts + p.router
+    parts = {
+        "weights": engine_weight_bytes(p, 4),
+        "packed_projections": 4 * projections,
+        "kv_cache": kv_bytes,
+        "sampler": 4 * SAMPLER_ROWS * max_num_seqs * int(config["vocab_size"]),
+    }
+    out = {k: v / 2**20 for k, v in parts.items()}
+    out["runtime"] = ENGINE_CPU_RUNTIME_MIB
+    out["total"] = sum(out.values())
+    return out
+
+
 def engine_gib(
     p: ParamCount, config: Mapping[str, Any], shape: Shape, gpu: GPU, tp: int
 ) -> dict[str, float]:
     """Per-GPU memory of a ``tp``-way engine and the sequences its KV cache holds."""
-    weights = 2 * (p.total + p.mtp) / tp / GIB
+    weights = engine_weight_bytes(p, 2, tp) / GIB
     budget = shape.gpu_memory_utilization * gpu.memory_gib - weights - ENGINE_OVERHEAD_GIB
     kv_per_token = engine_kv_bytes_per_gpu(config, tp)
     seq = shape.prompt_len + shape.response_len
@@ -192,6 +277,14 @@ def evaluate(
             f"of {shape.host_ram_gib:g}"
         )
     sync_bytes = 2 * p.total
+    sync_seconds = sync_bytes / (shape.sync_gbps * 1e9)
+    learner_s = learner_seconds(p, gpu, shape, layout.learner_gpus)
+    rollout = rollout_seconds(p, config, shape, gpu, layout.engines, layout.engine_tp)
+    rollout_counts = {
+        "samples_per_step": samples,
+        "sequences_in_flight": concurrent,
+        "waves": math.ceil(samples / concurrent) if concurrent else None,
+    }
     return {
         "fits": not why,
         "why": "; ".join(why) if why else "fits",
@@ -203,13 +296,15 @@ def evaluate(
             "engine": _rounded({k: v for k, v in engine.items() if k != "sequences"}),
         },
         "host_ram_gib": _rounded(host),
+        "sync": {"bytes": sync_bytes, "seconds": round(sync_seconds, 1)},
+        "learner_seconds": round(learner_s, 1),
+        "rollout_seconds": round(rollout["seconds"], 1),
         "rollout": {
-            "samples_per_step": samples,
-            "sequences_in_flight": concurrent,
-            "waves": math.ceil(samples / concurrent) if concurrent else None,
+            **rollout_counts,
+            "decode_steps": rollout["decode_steps"],
+            "decode_step_ms": round(rollout["step_ms"], 2),
         },
-        "sync": {"bytes": sync_bytes, "seconds": round(sync_bytes / (shape.sync_gbps * 1e9), 1)},
-        "learner_seconds": round(learner_seconds(p, gpu, shape, layout.learner_gpus), 1),
+        "step_seconds": round(rollout["seconds"] + learner_s + sync_seconds, 1),
     }
 
 
@@ -219,6 +314,65 @@ def learner_seconds(p: ParamCount, gpu: GPU, shape: Shape, learner_gpus: int) ->
     tokens = shape.prompts * shape.group * (shape.prompt_len + shape.response_len)
     flops = 8 * p.active * tokens
     return flops / (learner_gpus * gpu.bf16_tflops * 1e12 * shape.mfu)
+
+
+def rollout_seconds(
+    p: ParamCount,
+    config: Mapping[str, Any],
+    shape: Shape,
+    gpu: GPU,
+    engines: int,
+    tp: int,
+    efficiency: float | None = None,
+) -> dict[str, float]:
+    """Generation time per step: every engine decodes its share of the step's samples in
+    waves of the sequences its KV cache holds, ``response_len`` steps a wave (the mean
+    response; continuous batching refills finished slots). A decode step is bound by
+    reading the weights it touches (an MoE layer's distinct experts for the batch's
+    tokens) and the batch's KV cache at its mean length, or by its FLOPs (2 x active
+    params per token), whichever is slower, at ``efficiency`` of that roofline; the
+    prompts' prefill (shared by a group: prefix caching) at the learner's MFU.
+    ``efficiency``: ``shape.gen_efficiency`` unless given."""
+    config = text_config(config)
+    efficiency = shape.gen_efficiency if efficiency is None else efficiency
+    samples = shape.prompts * shape.group
+    held = engine_gib(p, config, shape, gpu, tp)["sequences"]
+    if engines < 1 or held < 1:
+        return {"seconds": math.inf, "decode_steps": 0, "step_ms": math.inf, "batch": 0}
+    per_engine = math.ceil(samples / engines)
+    batch = min(held, per_engine)
+    waves = math.ceil(per_engine / batch)
+    experts = p.routed_experts // p.moe_layers // p.expert if p.moe_layers else 0
+    k = int(config.get("num_experts_per_tok") or 0)
+    touched = experts * (1 - (1 - k / experts) ** batch) if experts else 0.0
+    weights = p.total - p.routed_experts + p.moe_layers * touched * p.expert
+    context = shape.prompt_len + shape.response_len / 2
+    read = 2 * weights / tp + batch * context * engine_kv_bytes_per_gpu(config, tp)
+    flops = 2 * p.active * batch / tp
+    step = max(read / (gpu.hbm_tbps * 1e12), flops / (gpu.bf16_tflops * 1e12)) / efficiency
+    decode_steps = waves * shape.response_len
+    prefill = 2 * p.active * shape.prompts * shape.prompt_len
+    prefill_s = prefill / (engines * tp * gpu.bf16_tflops * 1e12 * shape.mfu)
+    return {
+        "seconds": decode_steps * step + prefill_s,
+        "decode_steps": decode_steps,
+        "step_ms": 1e3 * step,
+        "batch": batch,
+    }
+
+
+def verl_rollout_efficiency() -> float:
+    """The ``efficiency`` at which ``rollout_seconds`` gives verl's published 1,050 s for
+    its DeepSeek-V3 run (prompts up to 2,048 tokens; the mean taken as 512)."""
+    from rl.plan import resolve_config
+    from rl.plan.gpus import gpu_kind
+
+    config = resolve_config("deepseek-v3")
+    shape = Shape(
+        prompts=96, group=8, prompt_len=512, response_len=1960, gpu_memory_utilization=0.6
+    )
+    at_one = rollout_seconds(count_params(config), config, shape, gpu_kind("h20"), 3, 32, 1.0)
+    return at_one["seconds"] / 1050.0
 
 
 def _needs(
@@ -283,17 +437,18 @@ def candidates(
 
 
 def best_layout(config: Mapping[str, Any], gpus: int, gpu: GPU, shape: Shape) -> dict[str, Any]:
-    """The first layout that fits, or the closest miss (fewest failed constraints, then the
-    smallest learner rank) and why it fails."""
+    """The layout that fits with the shortest estimated step (optimizer offload only where
+    nothing fits without it), or the closest miss (fewest
+    failed constraints, then the smallest learner rank) and why it fails."""
     p = count_params(config)
     tried = [
         evaluate(config, gpu, shape, lay, p) for lay in candidates(p, config, gpus, gpu, shape)
     ]
     if not tried:
         return {"fits": False, "why": f"{gpus} GPU(s): a learner and an engine need at least 2"}
-    for result in tried:
-        if result["fits"]:
-            return result
+    fitting = [r for r in tried if r["fits"]]
+    if fitting:  # the fastest step, without offload where one fits (its cost is not modelled)
+        return min(fitting, key=lambda r: (r["layout"]["offload"], r["step_seconds"]))
     return min(
         tried,
         key=lambda r: (
