@@ -132,6 +132,12 @@ def add_plan_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="engines' share of the decode roofline (default 0.091: verl, DeepSeek-V3)",
     )
+    plan.add_argument(
+        "--offload",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="optimizer offload to host RAM (auto: only where nothing fits without it)",
+    )
     plan.add_argument("--json", action="store_true", help="print the JSON result")
 
 
@@ -294,7 +300,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     )
     if args.gen_efficiency is not None:
         shape.gen_efficiency = args.gen_efficiency
-    result = plan(config, args.gpus, gpu, shape)
+    result = plan(config, args.gpus, gpu, shape, args.offload)
     print(json.dumps(result, indent=2) if args.json else report(result, args.model))
     return 0
 

@@ -121,6 +121,7 @@ def _train_once(
         ) from err
     finally:
         run.close()
+    summary["rollout_restarts"] = getattr(run.rollouts, "restarts", 0)  # workers replaced
     summary["wall_seconds"] = round(time.time() + run.wall_offset, 1)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_reward_curve(out / "metrics.jsonl", out / "reward_curve.png")
@@ -328,6 +329,7 @@ def run_grpo(
                 metrics, position = _async_step(run, sampler, step)
             wall = time.time() + run.wall_offset
             metrics["learner_restarts"] = run.learner_restarts
+            metrics["rollout_restarts"] = getattr(run.rollouts, "restarts", 0)
             run.log.write(step=step, stage="grpo", wall=wall, **metrics)
             bar.set_postfix(reward=f"{metrics['reward_mean']:.3f}", loss=f"{metrics['loss']:.3f}")
             _maybe_checkpoint(run, "grpo", step, cfg.steps, position, summary)

@@ -302,11 +302,33 @@ class RolloutGroup:
 
     def _replace(self, slot: int, restore_weights: bool) -> None:
         """Kill worker ``slot`` (it may be alive with a dead engine, holding its bundle),
-        start a new one in the same bundle and, if asked, load the latest weights into it."""
+        start a new one in the same bundle and, if asked, load the latest weights into it.
+
+        When the worker's node died, Ray moves its bundle to a node with room, but only
+        once it has noticed the death: a replacement started before that lands on the
+        dead node and dies with it. Such a replacement is started again (up to
+        ``max_restarts_per_call`` times) after the placement group is whole again."""
         ray.kill(self.workers[slot], no_restart=True)
-        worker = self.workers[slot] = self._start(slot)
         self.restarts += 1
         self._restarts[slot] += 1
+        for attempt in range(self.max_restarts_per_call + 1):
+            worker = self.workers[slot] = self._start(slot)
+            try:
+                ray.get(self._readied(worker, restore_weights), timeout=self.timeout_s)
+                return
+            except Exception as err:
+                if not worker_died(err) or attempt == self.max_restarts_per_call:
+                    raise RolloutWorkerError(
+                        f"replacement for rollout worker {slot} failed: {err}"
+                    ) from err
+                if not self._pg.wait(timeout_seconds=self.timeout_s):
+                    raise RolloutWorkerError(
+                        f"replacement for rollout worker {slot} died ({err}) and no node "
+                        f"took its bundle {dict(self.bundle)} in {self.timeout_s}s"
+                    ) from err
+
+    def _readied(self, worker: ray.actor.ActorHandle, restore_weights: bool) -> list:
+        """A new worker's readiness and, if asked, its load of the latest weights."""
         ready = [worker.__ray_ready__.remote()]
         label = {} if self._version is None else {"version": self._version}
         if restore_weights and (self._weights is not None or label):
@@ -314,12 +336,7 @@ class RolloutGroup:
             if callable(weights):  # the last sync was collective: its weights as blobs
                 weights = weights()
             ready.append(worker.update_weights.remote(weights, **label))  # runs after __init__
-        try:
-            ray.get(ready, timeout=self.timeout_s)
-        except Exception as err:
-            raise RolloutWorkerError(
-                f"replacement for rollout worker {slot} failed: {err}"
-            ) from err
+        return ready
 
     def _fan_out(
         self,

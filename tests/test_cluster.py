@@ -64,76 +64,105 @@ def _start(args: list[str], log: Path) -> subprocess.Popen:
         )
 
 
-@pytest.fixture
-def two_nodes(ray_cluster):
-    import ray
+class Cluster:
+    """Ray nodes started by ``ray start`` on this machine, each its own process group."""
 
-    port = _free_port()
-    address = f"{ray.util.get_node_ip_address()}:{port}"  # where ray start binds the head
-    temp = tempfile.mkdtemp(prefix="r1kit-ray-", dir="/tmp")  # short: socket paths
-    procs = [
-        _start(
-            [
-                "--head",
-                f"--port={port}",
-                "--num-cpus=2",
-                '--resources={"r1kit_learner": 1}',
-                "--include-dashboard=false",
-                f"--temp-dir={temp}",
-            ],
-            Path(temp) / "head.log",
-        )
-    ]
-    try:
+    def __init__(self) -> None:
+        import ray
+
+        port = _free_port()
+        self.address = f"{ray.util.get_node_ip_address()}:{port}"  # where the head binds
+        self.temp = Path(tempfile.mkdtemp(prefix="r1kit-ray-", dir="/tmp"))  # short: sockets
+        self.nodes: list[subprocess.Popen] = []
+
+    def add(self, resources: str) -> int:
+        """Start a node with these custom resources (the first is the head); wait until it
+        is alive; return its index."""
+        index = len(self.nodes)
+        log = self.temp / f"node{index}.log"
+        common = ["--num-cpus=2", f"--resources={resources}"]
+        if index == 0:
+            port = self.address.rsplit(":", 1)[1]
+            args = ["--head", f"--port={port}", "--include-dashboard=false"]
+            args.append(f"--temp-dir={self.temp}")
+        else:
+            args = [f"--address={self.address}"]
+        self.nodes.append(_start([*args, *common], log))
         deadline = time.time() + 120
-        while _alive_nodes(address) < 1:
-            assert time.time() < deadline, (Path(temp) / "head.log").read_text()[-2000:]
+        while _alive_nodes(self.address) < self.alive:
+            assert time.time() < deadline, log.read_text()[-2000:]
             time.sleep(1)
-        procs.append(
-            _start(
-                [
-                    f"--address={address}",
-                    "--num-cpus=2",
-                    '--resources={"r1kit_learner": 1, "r1kit_rollout": 1}',
-                ],
-                Path(temp) / "node.log",
-            )
-        )
-        while _alive_nodes(address) < 2:
-            assert time.time() < deadline, (Path(temp) / "node.log").read_text()[-2000:]
-            time.sleep(1)
-        yield address
+        return index
+
+    @property
+    def alive(self) -> int:
+        return sum(node.poll() is None for node in self.nodes)
+
+    def kill(self, index: int) -> None:
+        """SIGKILL every process of node ``index`` (its raylet, workers, object store)."""
+        os.killpg(self.nodes[index].pid, signal.SIGKILL)  # (SIGTERM left its GCS running)
+        self.nodes[index].wait(timeout=60)
+
+    def close(self) -> None:
+        for index in reversed(range(len(self.nodes))):
+            if self.nodes[index].poll() is None:
+                self.kill(index)
+
+
+@pytest.fixture
+def cluster(ray_cluster):
+    nodes = Cluster()
+    try:
+        yield nodes
     finally:
-        for proc in reversed(procs):  # each node's processes are one process group
-            os.killpg(proc.pid, signal.SIGKILL)  # (SIGTERM left its GCS running here)
-            proc.wait(timeout=60)
+        nodes.close()
+
+
+@pytest.fixture
+def two_nodes(cluster):
+    cluster.add('{"r1kit_learner": 1}')
+    cluster.add('{"r1kit_learner": 1, "r1kit_rollout": 1}')
+    return cluster.address
+
+
+def _train_cmd(out: Path, tiny_policy_dir: Path, address: str, *overrides: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "rl.cli",
+        "train",
+        "recipes/demo.yaml",
+        "--out",
+        str(out),
+        f"model.path={tiny_policy_dir}",
+        f"ray.address={address}",
+        "data.generator_args={n_sft: 128, n_rl: 256, n_eval: 8, seed: 3, max_terms: 2, max_digits: 1}",
+        "sft.steps=4",
+        "sft.batch_size=16",
+        "grpo.prompts_per_step=4",
+        "grpo.group_size=4",
+        "grpo.max_new_tokens=16",
+        "grpo.kl_coef=0.05",  # every row trained on: logprob_diff covers every sample
+        "eval.max_new_tokens=16",
+        *overrides,
+    ]
 
 
 def test_train_joins_a_two_node_cluster_with_ranks_and_engines_on_different_nodes(
     two_nodes, tiny_policy_dir, tmp_path
 ):
     out = tmp_path / "run"
-    overrides = [
-        f"model.path={tiny_policy_dir}",
-        f"ray.address={two_nodes}",
-        "data.generator_args={n_sft: 128, n_rl: 64, n_eval: 8, seed: 3, max_terms: 2, max_digits: 1}",
-        "sft.steps=4",
-        "sft.batch_size=16",
+    cmd = _train_cmd(
+        out,
+        tiny_policy_dir,
+        two_nodes,
         "grpo.steps=2",
-        "grpo.prompts_per_step=4",
-        "grpo.group_size=4",
-        "grpo.max_new_tokens=16",
-        "grpo.kl_coef=0.05",  # every row trained on: logprob_diff covers every sample
-        "eval.max_new_tokens=16",
         "learner.world_size=2",
         "learner.resources={r1kit_learner: 1}",
         "rollout.resources={r1kit_rollout: 1}",
         "rollout.sync_transport=collective",
-    ]
-    cmd = [sys.executable, "-m", "rl.cli", "train", "recipes/demo.yaml", "--out", str(out)]
-    done = subprocess.run(
-        [*cmd, *overrides], capture_output=True, text=True, timeout=TIMEOUT_S, env=JOIN_ENV
     )
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S, env=JOIN_ENV)
     assert done.returncode == 0, done.stderr[-3000:]
     placement = json.loads((out / "summary.json").read_text())["placement"]
     learner, rollout = placement["learner"], placement["rollout"]
@@ -146,3 +175,50 @@ def test_train_joins_a_two_node_cluster_with_ranks_and_engines_on_different_node
     for r in grpo:  # the weights crossed nodes intact: engine and learner agree
         assert r["sync_fallbacks"] == 0 and r["sync_bytes"] > 0
         assert r["logprob_diff_max"] < 1e-3, r
+
+
+def test_a_rollout_node_lost_mid_run_is_survived_on_another_node(
+    cluster, tiny_policy_dir, tmp_path
+):
+    """The node that holds the only engine is killed whole (SIGKILL to its raylet, its
+    workers and object store) during GRPO, after a second rollout node joined: the engine's
+    placement-group bundle moves there, a replacement gets the current weights, the step is
+    sampled again, and the run ends with every step and the restart counted."""
+    cluster.add('{"r1kit_learner": 2}')  # the head: both learner ranks
+    first = cluster.add('{"r1kit_rollout": 1}')
+    out = tmp_path / "run"
+    cmd = _train_cmd(
+        out,
+        tiny_policy_dir,
+        cluster.address,
+        "grpo.steps=30",
+        "learner.world_size=2",
+        "learner.resources={r1kit_learner: 1}",
+        "rollout.resources={r1kit_rollout: 1}",
+    )
+    log = (tmp_path / "train.log").open("w")
+    train = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=JOIN_ENV)
+    try:
+        metrics = out / "metrics.jsonl"
+        deadline = time.time() + TIMEOUT_S
+        while not (metrics.is_file() and '"stage": "grpo"' in metrics.read_text()):
+            assert train.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+            assert time.time() < deadline
+            time.sleep(0.2)
+        cluster.add('{"r1kit_rollout": 1}')  # room for the engine elsewhere
+        killed_after = sum('"stage": "grpo"' in line for line in metrics.read_text().splitlines())
+        cluster.kill(first)
+        assert train.wait(timeout=TIMEOUT_S) == 0, (tmp_path / "train.log").read_text()[-3000:]
+    finally:
+        if train.poll() is None:
+            train.kill()
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    grpo = [r for r in rows if r["stage"] == "grpo"]
+    assert [r["step"] for r in grpo] == list(range(1, 31))
+    assert killed_after < 30  # the node died while steps were left
+    assert all(r["samples"] == 4 * 4 for r in grpo)
+    assert grpo[-1]["rollout_restarts"] >= 1 and grpo[0]["rollout_restarts"] == 0
+    for r in grpo:  # the replacement samples with the learner's current weights
+        assert r["logprob_diff_max"] < 1e-3, r
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["rollout_restarts"] >= 1 and summary["eval"]["grpo"]["n"] == 8

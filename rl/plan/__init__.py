@@ -59,7 +59,12 @@ def report(result: dict[str, Any], model: str) -> str:
         lines += [
             f"  layout: {lay['learner_gpus']} learner GPU(s) (FSDP2"
             f"{', optimizer offloaded to host' if lay['offload'] else ''}), {lay['engines']} "
-            f"engine(s) x TP{lay['engine_tp']}",
+            f"engine(s) x "
+            + (
+                f"EP{lay['engine_ep']} (experts spread, attention data-parallel)"
+                if lay.get("engine_ep", 1) > 1
+                else f"TP{lay['engine_tp']}"
+            ),
             f"  learner per GPU {learner['total']:.1f} GiB: "
             + ", ".join(f"{k} {v:.1f}" for k, v in learner.items() if k != "total"),
             f"  engine per GPU: weights {engine['weights']:.1f} GiB, KV cache "

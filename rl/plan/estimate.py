@@ -88,9 +88,16 @@ class Shape:
 @dataclass
 class Layout:
     learner_gpus: int
-    engine_tp: int
+    engine_tp: int  # tensor-parallel size of an engine
     engines: int
     offload: bool
+    # expert-parallel size of an engine (1: none); an engine of ``engine_ep`` GPUs spreads the
+    # routed experts over them and runs attention data-parallel, each GPU its own sequences
+    engine_ep: int = 1
+
+    @property
+    def engine_gpus(self) -> int:
+        return self.engine_tp * self.engine_ep
 
 
 def learner_gib(
@@ -182,9 +189,12 @@ def engine_kv_bytes_per_gpu(config: Mapping[str, Any], tp: int) -> float:
     return per_token / min(tp, kv_heads)
 
 
-def engine_weight_bytes(p: ParamCount, dtype_bytes: int, tp: int = 1) -> int:
-    """The weights one GPU (or CPU process) of a ``tp``-way engine holds, MTP included."""
-    return dtype_bytes * (p.total + p.mtp) // tp
+def engine_weight_bytes(p: ParamCount, dtype_bytes: int, tp: int = 1, ep: int = 1) -> int:
+    """The weights one GPU (or CPU process) of an engine holds, MTP included: all of them
+    over ``tp``; with expert parallelism over ``ep`` GPUs the routed experts are split and
+    the rest is on every GPU."""
+    replicated = p.total + p.mtp - p.routed_experts
+    return dtype_bytes * (replicated + p.routed_experts // ep) // tp
 
 
 # vLLM's own memory once an engine has built and sampled, beyond its imports (engine core,
@@ -217,14 +227,17 @@ def engine_cpu_mib(
 
 
 def engine_gib(
-    p: ParamCount, config: Mapping[str, Any], shape: Shape, gpu: GPU, tp: int
+    p: ParamCount, config: Mapping[str, Any], shape: Shape, gpu: GPU, tp: int, ep: int = 1
 ) -> dict[str, float]:
-    """Per-GPU memory of a ``tp``-way engine and the sequences its KV cache holds."""
-    weights = engine_weight_bytes(p, 2, tp) / GIB
+    """Per-GPU memory of an engine (``tp``-way tensor parallel, or ``ep``-way expert
+    parallel with data-parallel attention) and the sequences the whole engine's KV cache
+    holds: under TP every GPU holds every sequence (MLA's latent whole, others' by KV
+    heads); under DP attention each GPU holds its own."""
+    weights = engine_weight_bytes(p, 2, tp, ep) / GIB
     budget = shape.gpu_memory_utilization * gpu.memory_gib - weights - ENGINE_OVERHEAD_GIB
     kv_per_token = engine_kv_bytes_per_gpu(config, tp)
     seq = shape.prompt_len + shape.response_len
-    sequences = max(0, int(budget * GIB // (kv_per_token * seq)))
+    sequences = ep * max(0, int(budget * GIB // (kv_per_token * seq)))
     return {
         "weights": weights,
         "kv_cache": max(0.0, budget),
@@ -254,7 +267,7 @@ def evaluate(
     """Every figure of ``layout``, and whether (and why not) it fits."""
     p = p or count_params(config)
     learner = learner_gib(p, config, shape, layout.learner_gpus, layout.offload)
-    engine = engine_gib(p, config, shape, gpu, layout.engine_tp)
+    engine = engine_gib(p, config, shape, gpu, layout.engine_tp, layout.engine_ep)
     host = host_gib(p, gpu, layout.learner_gpus, layout.offload)
     samples = shape.prompts * shape.group
     concurrent = engine["sequences"] * layout.engines
@@ -266,7 +279,7 @@ def evaluate(
         )
     if engine["sequences"] < 1:
         why.append(
-            f"a TP{layout.engine_tp} engine's weights take {engine['weights']:.0f} GiB per GPU: "
+            f"a {engine_name(layout)} engine's weights take {engine['weights']:.0f} GiB per GPU: "
             f"no room for one {shape.prompt_len + shape.response_len}-token sequence's KV cache "
             f"({engine['kv_gib_per_sequence']:.2f} GiB)"
         )
@@ -279,7 +292,9 @@ def evaluate(
     sync_bytes = 2 * p.total
     sync_seconds = sync_bytes / (shape.sync_gbps * 1e9)
     learner_s = learner_seconds(p, gpu, shape, layout.learner_gpus)
-    rollout = rollout_seconds(p, config, shape, gpu, layout.engines, layout.engine_tp)
+    rollout = rollout_seconds(
+        p, config, shape, gpu, layout.engines, layout.engine_tp, ep=layout.engine_ep
+    )
     rollout_counts = {
         "samples_per_step": samples,
         "sequences_in_flight": concurrent,
@@ -290,7 +305,7 @@ def evaluate(
         "why": "; ".join(why) if why else "fits",
         "failures": len(why),
         "r1kit_needs": _needs(p, gpu, shape, learner, host),
-        "layout": asdict(layout),
+        "layout": {**asdict(layout), "engine_gpus": layout.engine_gpus},
         "per_gpu_gib": {
             "learner": _rounded(learner),
             "engine": _rounded({k: v for k, v in engine.items() if k != "sequences"}),
@@ -324,6 +339,7 @@ def rollout_seconds(
     engines: int,
     tp: int,
     efficiency: float | None = None,
+    ep: int = 1,
 ) -> dict[str, float]:
     """Generation time per step: every engine decodes its share of the step's samples in
     waves of the sequences its KV cache holds, ``response_len`` steps a wave (the mean
@@ -332,11 +348,13 @@ def rollout_seconds(
     tokens) and the batch's KV cache at its mean length, or by its FLOPs (2 x active
     params per token), whichever is slower, at ``efficiency`` of that roofline; the
     prompts' prefill (shared by a group: prefix caching) at the learner's MFU.
-    ``efficiency``: ``shape.gen_efficiency`` unless given."""
+    ``efficiency``: ``shape.gen_efficiency`` unless given. With expert parallelism (``ep``)
+    each GPU reads the replicated weights, its share of the touched experts and its own
+    sequences' KV cache; the all-to-all between them is not counted."""
     config = text_config(config)
     efficiency = shape.gen_efficiency if efficiency is None else efficiency
     samples = shape.prompts * shape.group
-    held = engine_gib(p, config, shape, gpu, tp)["sequences"]
+    held = engine_gib(p, config, shape, gpu, tp, ep)["sequences"]
     if engines < 1 or held < 1:
         return {"seconds": math.inf, "decode_steps": 0, "step_ms": math.inf, "batch": 0}
     per_engine = math.ceil(samples / engines)
@@ -345,14 +363,14 @@ def rollout_seconds(
     experts = p.routed_experts // p.moe_layers // p.expert if p.moe_layers else 0
     k = int(config.get("num_experts_per_tok") or 0)
     touched = experts * (1 - (1 - k / experts) ** batch) if experts else 0.0
-    weights = p.total - p.routed_experts + p.moe_layers * touched * p.expert
+    weights = p.total - p.routed_experts + p.moe_layers * touched * p.expert / ep
     context = shape.prompt_len + shape.response_len / 2
-    read = 2 * weights / tp + batch * context * engine_kv_bytes_per_gpu(config, tp)
-    flops = 2 * p.active * batch / tp
+    read = 2 * weights / tp + batch / ep * context * engine_kv_bytes_per_gpu(config, tp)
+    flops = 2 * p.active * batch / ep / tp
     step = max(read / (gpu.hbm_tbps * 1e12), flops / (gpu.bf16_tflops * 1e12)) / efficiency
     decode_steps = waves * shape.response_len
     prefill = 2 * p.active * shape.prompts * shape.prompt_len
-    prefill_s = prefill / (engines * tp * gpu.bf16_tflops * 1e12 * shape.mfu)
+    prefill_s = prefill / (engines * tp * ep * gpu.bf16_tflops * 1e12 * shape.mfu)
     return {
         "seconds": decode_steps * step + prefill_s,
         "decode_steps": decode_steps,
@@ -408,41 +426,71 @@ def _rounded(parts: Mapping[str, float]) -> dict[str, float]:
     return {k: round(v, 2) for k, v in parts.items()}
 
 
-TPS = (1, 2, 4, 8, 16, 32, 64)
+SIZES = (1, 2, 4, 8, 16, 32, 64)
 
 
-def _engine_tp(p: ParamCount, config: Mapping[str, Any], shape: Shape, gpu: GPU, gpus: int) -> int:
-    """The smallest tensor-parallel size whose engine holds a sequence (the largest that
-    ``gpus`` allow when none does)."""
-    allowed = [tp for tp in TPS if tp <= gpus]
-    for tp in allowed:
-        if engine_gib(p, config, shape, gpu, tp)["sequences"] >= 1:
-            return tp
-    return allowed[-1]
+def engine_name(layout: Layout) -> str:
+    """``TP8``, or ``EP32`` (expert parallel, attention data-parallel)."""
+    return f"EP{layout.engine_ep}" if layout.engine_ep > 1 else f"TP{layout.engine_tp}"
 
 
-def candidates(
-    p: ParamCount, config: Mapping[str, Any], gpus: int, gpu: GPU, shape: Shape
-) -> list[Layout]:
-    """Learner / engine splits of ``gpus`` (whole nodes each above one node, else within
-    it), fewest learner GPUs first, without optimizer offload before with; the rest run
-    engines of the smallest tensor-parallel size that holds a sequence."""
-    step = 1 if gpus <= gpu.per_node else gpu.per_node
-    out = []
-    for offload in (False, True):
-        for learner in range(step, gpus, step):
-            tp = _engine_tp(p, config, shape, gpu, gpus - learner)
-            out.append(Layout(learner, tp, (gpus - learner) // tp, offload))
+def engine_shapes(
+    p: ParamCount, config: Mapping[str, Any], shape: Shape, gpu: GPU, gpus: int
+) -> list[tuple[int, int]]:
+    """(tp, ep) of the engines to try on ``gpus``: the smallest tensor-parallel size that
+    holds a sequence (the largest allowed when none does) and, for an MoE model, the
+    smallest expert-parallel size that does."""
+    allowed = [n for n in SIZES if n <= gpus]
+    tp = next(
+        (n for n in allowed if engine_gib(p, config, shape, gpu, n)["sequences"] >= 1),
+        allowed[-1],
+    )
+    out = [(tp, 1)]
+    if p.moe_layers:
+        ep = next(
+            (n for n in allowed[1:] if engine_gib(p, config, shape, gpu, 1, n)["sequences"] >= 1),
+            None,
+        )
+        if ep:
+            out.append((1, ep))
     return out
 
 
-def best_layout(config: Mapping[str, Any], gpus: int, gpu: GPU, shape: Shape) -> dict[str, Any]:
+def candidates(
+    p: ParamCount,
+    config: Mapping[str, Any],
+    gpus: int,
+    gpu: GPU,
+    shape: Shape,
+    offload: tuple[bool, ...] = (False, True),
+) -> list[Layout]:
+    """Learner / engine splits of ``gpus`` (whole nodes each above one node, else within
+    it), fewest learner GPUs first, in ``offload``'s order; the rest run engines of each of
+    ``engine_shapes``."""
+    step = 1 if gpus <= gpu.per_node else gpu.per_node
+    out = []
+    for off in offload:
+        for learner in range(step, gpus, step):
+            for tp, ep in engine_shapes(p, config, shape, gpu, gpus - learner):
+                engines = (gpus - learner) // (tp * ep)
+                out.append(Layout(learner, tp, engines, off, ep))
+    return out
+
+
+def best_layout(
+    config: Mapping[str, Any],
+    gpus: int,
+    gpu: GPU,
+    shape: Shape,
+    offload: tuple[bool, ...] = (False, True),
+) -> dict[str, Any]:
     """The layout that fits with the shortest estimated step (optimizer offload only where
     nothing fits without it), or the closest miss (fewest
     failed constraints, then the smallest learner rank) and why it fails."""
     p = count_params(config)
     tried = [
-        evaluate(config, gpu, shape, lay, p) for lay in candidates(p, config, gpus, gpu, shape)
+        evaluate(config, gpu, shape, lay, p)
+        for lay in candidates(p, config, gpus, gpu, shape, offload)
     ]
     if not tried:
         return {"fits": False, "why": f"{gpus} GPU(s): a learner and an engine need at least 2"}
@@ -468,19 +516,30 @@ def cluster_sizes(gpu: GPU, limit: int = 4096) -> list[int]:
 
 
 def smallest_cluster(
-    config: Mapping[str, Any], gpu: GPU, shape: Shape, limit: int = 4096
+    config: Mapping[str, Any],
+    gpu: GPU,
+    shape: Shape,
+    limit: int = 4096,
+    offload: tuple[bool, ...] = (False, True),
 ) -> int | None:
     """The fewest GPUs (of ``cluster_sizes``) with a layout that fits, up to ``limit``."""
     for gpus in cluster_sizes(gpu, limit):
-        if best_layout(config, gpus, gpu, shape)["fits"]:
+        if best_layout(config, gpus, gpu, shape, offload)["fits"]:
             return gpus
     return None
 
 
-def plan(config: Mapping[str, Any], gpus: int, gpu: GPU, shape: Shape) -> dict[str, Any]:
-    """The planner's answer (``r1kit plan --json``)."""
+OFFLOAD = {"auto": (False, True), "always": (True,), "never": (False,)}
+
+
+def plan(
+    config: Mapping[str, Any], gpus: int, gpu: GPU, shape: Shape, offload: str = "auto"
+) -> dict[str, Any]:
+    """The planner's answer (``r1kit plan --json``). ``offload``: ``auto`` offloads the
+    optimizer only where nothing fits without it; ``always``; ``never``."""
     p = count_params(config)
-    result = best_layout(config, gpus, gpu, shape)
+    offloads = OFFLOAD[offload]
+    result = best_layout(config, gpus, gpu, shape, offloads)
     return {
         "params": {"total": p.total, "active": p.active, "mtp": p.mtp, **_breakdown(p)},
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(text_config(config), "bfloat16"),
@@ -488,7 +547,7 @@ def plan(config: Mapping[str, Any], gpus: int, gpu: GPU, shape: Shape) -> dict[s
         "gpus": gpus,
         "shape": asdict(shape),
         **result,
-        "smallest_cluster": smallest_cluster(config, gpu, shape),
+        "smallest_cluster": smallest_cluster(config, gpu, shape, offload=offloads),
     }
 
 

@@ -229,3 +229,32 @@ def test_generation_estimate_is_the_decode_roofline_at_verls_measured_share():
     assert result["step_seconds"] == pytest.approx(
         result["rollout_seconds"] + result["learner_seconds"] + result["sync"]["seconds"], abs=0.2
     )
+
+
+def test_expert_parallel_engines_split_the_experts_and_keep_their_own_sequences():
+    from rl.plan.estimate import GIB, engine_gib
+
+    config, gpu = resolve_config("moonlight-16b-a3b"), gpu_kind("h100")
+    p, shape = count_params(config), Shape()
+    tp2, ep2 = engine_gib(p, config, shape, gpu, 2), engine_gib(p, config, shape, gpu, 1, 2)
+    assert tp2["weights"] == pytest.approx(2 * (p.total + p.mtp) / 2 / GIB)
+    replicated = p.total + p.mtp - p.routed_experts
+    assert ep2["weights"] == pytest.approx(2 * (replicated + p.routed_experts / 2) / GIB)
+    # MLA: under TP each GPU holds every sequence's latent; under DP attention its own
+    per_gpu = int(ep2["kv_cache"] * GIB // (ep2["kv_gib_per_sequence"] * GIB))
+    assert ep2["sequences"] == 2 * per_gpu and ep2["sequences"] > 1.9 * tp2["sequences"]
+    result = plan(config, 8, gpu, shape)
+    lay = result["layout"]
+    assert result["fits"] and lay["engine_gpus"] == lay["engine_tp"] * lay["engine_ep"]
+    assert lay["learner_gpus"] + lay["engines"] * lay["engine_gpus"] <= 8
+
+
+def test_offload_choice(capsys):
+    config, gpu = resolve_config("moonlight-16b-a3b"), gpu_kind("h100")
+    assert not plan(config, 8, gpu, Shape())["layout"]["offload"]  # auto: fits without
+    assert plan(config, 8, gpu, Shape(), "always")["layout"]["offload"]
+    never = plan(config, 2, gpu, Shape(), "never")
+    assert not never["fits"] and not never["layout"]["offload"]
+    args = ["plan", "--model", "moonlight-16b-a3b", "--gpus", "8", "--gpu", "h100"]
+    assert main([*args, "--offload", "always", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["layout"]["offload"] is True
