@@ -7,7 +7,8 @@ Every figure is a formula of the config and the run's shape, written out below:
   of master weights, 4 of gradients and 8 of AdamW moments, all sharded (16 B/param / ranks;
   host RAM instead with ``offload``); plus the gathered bf16 layer and the one FSDP2
   prefetches (2 x 2 B x the largest layer) and the root module's embedding and head, which
-  stay gathered through a step;
+  stay gathered through a step; with expert parallelism, which r1kit's learner lacks and the
+  plan shows as what it would give, a rank keeps its 1/ep of a layer's routed experts instead;
 - activations per micro-batch of ``micro_batch_tokens`` tokens: what autograd saves in a
   decoder layer, counted from its projection widths as the eager module trees r1kit trains
   save them (``saved_per_token_layer``: Korthikanti et al., 2205.05198, count 17 h elements
@@ -101,14 +102,24 @@ class Layout:
 
 
 def learner_gib(
-    p: ParamCount, config: Mapping[str, Any], shape: Shape, ranks: int, offload: bool
+    p: ParamCount,
+    config: Mapping[str, Any],
+    shape: Shape,
+    ranks: int,
+    offload: bool,
+    ep: int = 1,
 ) -> dict[str, float]:
-    """Per-rank learner memory on its GPU, by part (GiB)."""
+    """Per-rank learner memory on its GPU, by part (GiB). ``ep`` > 1 is what expert
+    parallelism would give, which r1kit's learner does not have: each rank keeps its
+    ``1/ep`` of a layer's routed experts whole instead of gathering them all (the states
+    stay sharded over every rank, the activations are the same)."""
     config = text_config(config)
     h, vocab = int(config["hidden_size"]), int(config["vocab_size"])
     width = 2 if shape.compute_dtype in ("bfloat16", "float16") else 4  # bytes per element
     states = 0.0 if offload else 16 * p.total / ranks
-    gathered = width * (2 * p.largest_layer + p.embedding)
+    layer_experts = p.routed_experts // p.moe_layers if p.moe_layers else 0
+    layer = p.largest_layer - layer_experts + layer_experts / ep
+    gathered = width * (2 * layer + p.embedding)
     tokens = shape.micro_batch_tokens
     layer = saved_per_token_layer(config, p) * width * tokens  # one layer's saved tensors
     if shape.activation_checkpointing:  # layer inputs, one layer recomputed, its gradients
@@ -267,6 +278,11 @@ def evaluate(
     """Every figure of ``layout``, and whether (and why not) it fits."""
     p = p or count_params(config)
     learner = learner_gib(p, config, shape, layout.learner_gpus, layout.offload)
+    ep = learner_ep(p, layout.learner_gpus)
+    with_ep = None
+    if ep > 1:  # what expert parallelism in the learner would give (r1kit has none)
+        with_ep = learner_gib(p, config, shape, layout.learner_gpus, layout.offload, ep)
+        with_ep["ep"] = ep
     engine = engine_gib(p, config, shape, gpu, layout.engine_tp, layout.engine_ep)
     host = host_gib(p, gpu, layout.learner_gpus, layout.offload)
     samples = shape.prompts * shape.group
@@ -304,11 +320,12 @@ def evaluate(
         "fits": not why,
         "why": "; ".join(why) if why else "fits",
         "failures": len(why),
-        "r1kit_needs": _needs(p, gpu, shape, learner, host),
+        "r1kit_needs": _needs(p, gpu, shape, learner, host, with_ep),
         "layout": {**asdict(layout), "engine_gpus": layout.engine_gpus},
         "per_gpu_gib": {
             "learner": _rounded(learner),
             "engine": _rounded({k: v for k, v in engine.items() if k != "sequences"}),
+            **({"learner_with_expert_parallelism": _rounded(with_ep)} if with_ep else {}),
         },
         "host_ram_gib": _rounded(host),
         "sync": {"bytes": sync_bytes, "seconds": round(sync_seconds, 1)},
@@ -393,15 +410,35 @@ def verl_rollout_efficiency() -> float:
     return at_one["seconds"] / 1050.0
 
 
+def learner_ep(p: ParamCount, learner_gpus: int) -> int:
+    """The expert-parallel size a learner of ``learner_gpus`` would use: the largest power
+    of two that divides both the GPUs and each layer's routed experts (1 for a dense model)."""
+    experts = p.routed_experts // p.moe_layers // p.expert if p.moe_layers else 1
+    ep = 1
+    while learner_gpus % (2 * ep) == 0 and experts % (2 * ep) == 0:
+        ep *= 2
+    return ep
+
+
 def _needs(
-    p: ParamCount, gpu: GPU, shape: Shape, learner: Mapping[str, float], host: Mapping[str, float]
+    p: ParamCount,
+    gpu: GPU,
+    shape: Shape,
+    learner: Mapping[str, float],
+    host: Mapping[str, float],
+    with_ep: Mapping[str, float] | None = None,
 ) -> list[str]:
     """What r1kit's learner lacks for this model, where the plan shows it matters."""
     needs = []
     if learner["gathered_layers"] > 0.25 * gpu.memory_gib:
+        then = (
+            f"; with EP{with_ep['ep']:g} a rank would need {with_ep['total']:.0f} GiB"
+            if with_ep
+            else ""
+        )
         needs.append(
             f"expert parallelism in the learner: FSDP2 gathers a whole layer on every rank "
-            f"({2 * p.largest_layer / GIB:.1f} GiB in bf16, twice with prefetch)"
+            f"({2 * p.largest_layer / GIB:.1f} GiB in bf16, twice with prefetch){then}"
         )
     if host["sync_gather_rank0"] > 0.5 * shape.host_ram_gib:
         needs.append(

@@ -258,3 +258,24 @@ def test_offload_choice(capsys):
     args = ["plan", "--model", "moonlight-16b-a3b", "--gpus", "8", "--gpu", "h100"]
     assert main([*args, "--offload", "always", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["layout"]["offload"] is True
+
+
+def test_expert_parallelism_in_the_learner_is_shown_as_what_r1kit_would_need():
+    from rl.plan.estimate import GIB, learner_ep, learner_gib
+
+    config = resolve_config("deepseek-v3")
+    p, shape = count_params(config), Shape()
+    assert learner_ep(p, 64) == 64 and learner_ep(p, 96) == 32 and learner_ep(p, 6) == 2
+    assert learner_ep(count_params(resolve_config("qwen2.5-7b")), 8) == 1  # dense: none
+    fsdp, ep = (
+        learner_gib(p, config, shape, 64, False),
+        learner_gib(p, config, shape, 64, False, 64),
+    )
+    layer_experts = 256 * p.expert  # one MoE layer's routed experts
+    saved = 2 * 2 * (layer_experts - layer_experts / 64) / GIB  # bf16, gathered twice
+    assert fsdp["gathered_layers"] - ep["gathered_layers"] == pytest.approx(saved)
+    assert ep["weights_grads_optimizer"] == fsdp["weights_grads_optimizer"]
+    result = plan(config, 256, gpu_kind("h100"), Shape(prompt_len=512, response_len=1024))
+    with_ep = result["per_gpu_gib"]["learner_with_expert_parallelism"]
+    assert with_ep["total"] < result["per_gpu_gib"]["learner"]["total"] - 30
+    assert f"with EP{with_ep['ep']:g} a rank would need" in result["r1kit_needs"][0]
