@@ -144,6 +144,11 @@ def learner_gib(
     return out
 
 
+def experts_per_layer(p: ParamCount) -> int:
+    """Routed experts in each MoE layer (0 for a dense model)."""
+    return p.routed_experts // p.moe_layers // p.expert if p.moe_layers else 0
+
+
 def saved_per_token_layer(config: Mapping[str, Any], p: ParamCount) -> float:
     """Elements autograd keeps per token in an average decoder layer, as the eager module
     trees r1kit trains save them (counted with saved-tensor hooks on tiny-qwen2, tiny-dsv3
@@ -177,13 +182,7 @@ def saved_per_token_layer(config: Mapping[str, Any], p: ParamCount) -> float:
             if shared_inter
             else moe_inter * int(config.get("n_shared_experts") or 0)
         )
-        experts = int(
-            config.get("n_routed_experts")
-            or config.get("num_experts")
-            or config.get("num_local_experts")
-            or 0
-        )
-        moe = 2 * k * h + 4 * k * moe_inter + 4 * shared + experts
+        moe = 2 * k * h + 4 * k * moe_inter + 4 * shared + experts_per_layer(p)
     else:
         moe = 0
     mlp = ((p.layers - p.moe_layers) * dense + p.moe_layers * moe) / p.layers
@@ -377,7 +376,7 @@ def rollout_seconds(
     per_engine = math.ceil(samples / engines)
     batch = min(held, per_engine)
     waves = math.ceil(per_engine / batch)
-    experts = p.routed_experts // p.moe_layers // p.expert if p.moe_layers else 0
+    experts = experts_per_layer(p)
     k = int(config.get("num_experts_per_tok") or 0)
     touched = experts * (1 - (1 - k / experts) ** batch) if experts else 0.0
     weights = p.total - p.routed_experts + p.moe_layers * touched * p.expert / ep
@@ -413,7 +412,7 @@ def verl_rollout_efficiency() -> float:
 def learner_ep(p: ParamCount, learner_gpus: int) -> int:
     """The expert-parallel size a learner of ``learner_gpus`` would use: the largest power
     of two that divides both the GPUs and each layer's routed experts (1 for a dense model)."""
-    experts = p.routed_experts // p.moe_layers // p.expert if p.moe_layers else 1
+    experts = experts_per_layer(p) or 1
     ep = 1
     while learner_gpus % (2 * ep) == 0 and experts % (2 * ep) == 0:
         ep *= 2
