@@ -217,6 +217,11 @@ class RewardPool:
     def close(self) -> None:
         """Stop the workers (SIGKILL after a second) and reap them. Idempotent."""
         self._closed = True
+        self.release()
+
+    def release(self) -> None:
+        """Stop the workers as ``close`` does, but stay usable: the next ``score`` starts them
+        again (a pool used now and then, e.g. for evaluations, frees their memory meanwhile)."""
         for worker in self._workers:
             with contextlib.suppress(OSError):  # already gone
                 worker.conn.send(None)

@@ -277,6 +277,8 @@ def evaluate_held_out(run: Run, rows: list[dict], stage: str) -> dict[str, Any]:
     tools = run.recipe.tools.environment is not None and run.recipe.tools.in_eval
     policy = Policy(partial(run.generate, tools=tools), run.chat.scored_text, run.accuracy_pool)
     done = evaluate_rows(policy, rows, sampling, vote_key(run.recipe.rewards.accuracy))
+    if run.accuracy_pool is not run.pool:  # the next evaluation starts them again
+        run.accuracy_pool.release()
     result = {"accuracy": done["pass@1"], "n": done["n_rows"]}
     if tools:  # greedy completions that called a tool
         result["tool_use_frac"] = done.get("tool_use_frac", 0.0)

@@ -152,6 +152,17 @@ def test_workers_start_lazily_are_reused_and_reaped():
         os.kill(ours.pop(), 0)
 
 
+def test_a_released_pool_stops_its_workers_and_starts_new_ones_when_used_again():
+    others = worker_pids()
+    with RewardPool({"format": 1.0}, num_workers=1) as pool:
+        pool.score(["<think>x</think> y"], [{}])
+        first = worker_pids() - others
+        pool.release()
+        assert not worker_pids() & first  # reaped: their memory is free
+        again = pool.score(["<think>x</think> y"], [{}])
+        assert again[0].reward == 1.0 and len(worker_pids() - others - first) == 1
+
+
 def test_a_worker_that_cannot_start_is_an_error():
     pool = RewardPool({"tests.rewards.broken_in_worker:reward": 1.0}, num_workers=1)
     with pool, pytest.raises(RuntimeError, match="exited during start-up"):
