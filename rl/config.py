@@ -364,6 +364,13 @@ class RolloutConfig:
     and the engine verifies them (vLLM's ``mtp`` method; the policy needs an MTP module,
     ``model.mtp``). Sampling stays the policy's distribution and the completions' logprobs
     are the policy's. 0: plain decoding."""
+    colocate: bool = False
+    """Run each engine in a learner rank's process (rank k hosts engine k, so `workers` <=
+    `learner.world_size`) instead of an actor of its own: one Python/torch/vLLM runtime
+    less per engine and the weight sync in memory (no copy through Ray or /dev/shm); on
+    GPUs the engine sleeps while its rank trains (vLLM sleep mode) and both share the GPU.
+    Generation and learning then take turns: `grpo.max_staleness` 0, `tensor_parallel_size`
+    1, `sync_transport` auto. A dead rank takes its engine with it (the learner restarts)."""
     sync_bucket_mb: PositiveFloat = 256
     """Weight sync: the learner's weights travel in buckets of about this size (cut between
     layers), reloaded one by one: the engine's worker process holds one bucket at a time
@@ -616,6 +623,7 @@ def _check(recipe: Recipe, source: str) -> None:
             "tools.functions",
             "a non-empty list of module:function tools when tools.environment is functions",
         ),
+        *_colocate_rules(recipe),
         *_data_rules(recipe.data),
     ]
     for holds, key, expected in rules:
@@ -623,6 +631,38 @@ def _check(recipe: Recipe, source: str) -> None:
             raise ConfigError(f"{source}: key '{key}' must be {expected}")
     if recipe.rewards.accuracy not in recipe.rewards.weights and recipe.rewards.accuracy != "math":
         raise ConfigError(f"{source}: key 'rewards.accuracy' names no reward of rewards.weights")
+
+
+def _colocate_rules(recipe: Recipe) -> list[tuple[Any, str, str]]:
+    """What engines in the learner ranks' processes (rollout.colocate) need."""
+    r = recipe.rollout
+    if not r.colocate:
+        return []
+    why = "with rollout.colocate"
+    return [
+        (
+            r.workers <= recipe.learner.world_size,
+            "rollout.workers",
+            f"<= learner.world_size ({recipe.learner.world_size}) {why}: each rank hosts at "
+            f"most one engine, got {r.workers}",
+        ),
+        (
+            recipe.grpo.max_staleness == 0,
+            "grpo.max_staleness",
+            f"0 {why}: an engine and its rank take turns in one process, got "
+            f"{recipe.grpo.max_staleness}",
+        ),
+        (
+            r.tensor_parallel_size == 1,
+            "rollout.tensor_parallel_size",
+            f"1 {why} (an engine shares its rank's one GPU), got {r.tensor_parallel_size}",
+        ),
+        (
+            r.sync_transport == "auto",
+            "rollout.sync_transport",
+            f"auto {why} (the sync stays in memory), got {r.sync_transport!r}",
+        ),
+    ]
 
 
 def _preset_type(name: str | None) -> str | None:

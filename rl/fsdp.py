@@ -39,9 +39,11 @@ def apply_fsdp(
     fully_shard(model, mesh=mesh, mp_policy=mp, offload_policy=policy)
 
 
-def gather_full_state(state: dict[str, Any], rank: int, world_size: int) -> dict[str, torch.Tensor]:
+def gather_full_state(
+    state: dict[str, Any], rank: int, world_size: int, everywhere: bool = False
+) -> dict[str, torch.Tensor]:
     """FSDP2 state dict (dim-0 sharded DTensors, plain buffers) -> full CPU tensors on rank 0
-    ({} elsewhere) in one gather per dtype of every rank's shards flattened together: a
+    ({} elsewhere; on every rank with ``everywhere``, an all-gather) in one gather per dtype of every rank's shards flattened together: a
     collective per tensor (``get_model_state_dict``) costs ~100 ms for 60 tensors on gloo,
     this a few ms. Tensors sharded otherwise than ``Shard(0)`` are gathered on their own."""
     from torch.distributed.tensor import DTensor, Shard
@@ -58,12 +60,15 @@ def gather_full_state(state: dict[str, Any], rank: int, world_size: int) -> dict
     }
     for dtype in sorted({v.dtype for v in sharded.values()}, key=str):
         group = {k: v for k, v in sharded.items() if v.dtype == dtype}
-        full.update(_gather_dim0(group, rank, world_size))
-    return {k: full[k] for k in state} if rank == 0 else {}
+        full.update(_gather_dim0(group, rank, world_size, everywhere))
+    return {k: full[k] for k in state} if rank == 0 or everywhere else {}
 
 
-def _gather_dim0(sharded: dict[str, Any], rank: int, world_size: int) -> dict[str, Tensor]:
-    """Dim-0 sharded DTensors of one dtype -> full tensors on rank 0, one collective."""
+def _gather_dim0(
+    sharded: dict[str, Any], rank: int, world_size: int, everywhere: bool = False
+) -> dict[str, Tensor]:
+    """Dim-0 sharded DTensors of one dtype -> full tensors on rank 0 (every rank with
+    ``everywhere``), one collective."""
     if world_size == 1:
         return {k: v.to_local().detach().cpu() for k, v in sharded.items()}
     flat = torch.cat([v.to_local().detach().reshape(-1) for v in sharded.values()])
@@ -76,10 +81,14 @@ def _gather_dim0(sharded: dict[str, Any], rank: int, world_size: int) -> dict[st
     )
     padded = torch.zeros(longest, dtype=flat.dtype, device=flat.device)
     padded[: flat.numel()] = flat
-    gathered = [torch.empty_like(padded) for _ in range(world_size)] if rank == 0 else None
-    dist.gather(padded, gathered, dst=0)
-    if rank != 0:
-        return {}
+    if everywhere:
+        gathered = [torch.empty_like(padded) for _ in range(world_size)]
+        dist.all_gather(gathered, padded)
+    else:
+        gathered = [torch.empty_like(padded) for _ in range(world_size)] if rank == 0 else None
+        dist.gather(padded, gathered, dst=0)
+        if rank != 0:
+            return {}
     pieces: dict[str, list[Tensor]] = {k: [] for k in sharded}
     for r, buf in enumerate(gathered):
         offset = 0

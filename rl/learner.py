@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -389,8 +389,9 @@ class LearnerRank:
         same counts, so the replicated biases stay equal)."""
         update_router_bias(self.model, load, rate)
 
-    def _full_state_dict(self) -> dict[str, torch.Tensor]:
-        """The full (unsharded) state dict on rank 0, on the CPU; {} elsewhere. A tensor
+    def _full_state_dict(self, everywhere: bool = False) -> dict[str, torch.Tensor]:
+        """The full (unsharded) state dict on rank 0 (every rank with ``everywhere``), on the
+        CPU; {} elsewhere. A tensor
         several names share (tied input and output embeddings) is in it once, under its
         first name: engines and HF loaders tie it again from the config."""
         seen, aliases = set(), set()  # (FSDP2's state dict gives each name its own tensor)
@@ -399,8 +400,8 @@ class LearnerRank:
                 aliases.add(name)
             seen.add(id(param))
         shards = {k: v for k, v in self.model.state_dict().items() if k not in aliases}
-        state = gather_full_state(shards, self.rank, self.world_size)
-        if self.lora and self.rank == 0:  # the plain model's weights, adapters merged in
+        state = gather_full_state(shards, self.rank, self.world_size, everywhere)
+        if self.lora and state:  # the plain model's weights, adapters merged in
             from model.lora import merge_full_state
 
             state = merge_full_state(state, self.lora["alpha"] / self.lora["r"])
@@ -421,7 +422,6 @@ class LearnerRank:
         ``r1kit check``). ``full``: every weight even with LoRA (an engine holding anything).
         ``collective``: the buckets stay here as flat buffers for ``send_weights``; returns
         their layout (``TensorMeta`` rows per bucket, what the engines' receive takes)."""
-        from model import to_vllm_weights
         from rollouts.engine import pack_buckets, split_buckets
         from rollouts.weight_transfer import flatten
 
@@ -430,16 +430,14 @@ class LearnerRank:
         if self.rank != 0:
             return None
         gathered = time.perf_counter()
-        if self.lora and not full:  # only adapted weights (and buffers) change: sync those
-            state = {k: v for k, v in state.items() if k in self._lora_synced}
-        kept = [(k, v) for k, v in state.items() if not any(part in k for part in exclude)]
+        kept = self._synced(state, full, exclude)
         if collective:
-            named = split_buckets(to_vllm_weights(kept), int(bucket_mb * 2**20))
+            named = split_buckets(kept, int(bucket_mb * 2**20))
             self._outgoing = [flatten(bucket) for bucket in named]
             buckets: list[Any] = [metas for _, metas in self._outgoing]
             nbytes = sum(buffer.numel() for buffer, _ in self._outgoing)
         else:
-            buckets = pack_buckets(to_vllm_weights(kept), int(bucket_mb * 2**20), folder)
+            buckets = pack_buckets(kept, int(bucket_mb * 2**20), folder)
             nbytes = sum(len(b) if isinstance(b, bytes) else os.path.getsize(b) for b in buckets)
         self.last_export = {
             "sync_bytes": nbytes,
@@ -448,6 +446,20 @@ class LearnerRank:
             "sync_pack_s": time.perf_counter() - gathered,
         }
         return buckets
+
+    def _synced(
+        self, state: dict[str, torch.Tensor], full: bool, exclude: tuple[str, ...] = ()
+    ) -> Iterator[tuple[str, torch.Tensor]]:
+        """What a sync moves of a full state dict, in vLLM's checkpoint naming: with LoRA
+        only the merged adapted weights and the buffers, unless ``full``; minus the names
+        containing a part of ``exclude``."""
+        from model import to_vllm_weights
+
+        if self.lora and not full:  # only adapted weights (and buffers) change: sync those
+            state = {k: v for k, v in state.items() if k in self._lora_synced}
+        return to_vllm_weights(
+            (k, v) for k, v in state.items() if not any(part in k for part in exclude)
+        )
 
     def weight_group_address(self) -> tuple[str, int, str]:
         """This node's address, a free port (where the weight-sync group meets) and the

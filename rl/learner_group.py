@@ -43,10 +43,17 @@ class LearnerGroup:
         resources: dict[str, float] | None = None,
         activation_checkpointing: bool = False,
         offload_optimizer: bool = False,
+        rank_cls: type = LearnerRank,
+        env: dict[str, str] | None = None,
     ) -> None:
-        actor = ray.remote(num_cpus=0, num_gpus=num_gpus_per_rank, resources=resources or None)(
-            LearnerRank
-        )
+        """``rank_cls``: what each rank's actor holds (``rl.colocated.ColocatedRank`` for
+        ranks that host rollout engines); ``env``: environment variables of their processes."""
+        actor = ray.remote(
+            num_cpus=0,
+            num_gpus=num_gpus_per_rank,
+            resources=resources or None,
+            runtime_env={"env_vars": env} if env else None,
+        )(rank_cls)
         self.world_size = world_size
         self.micro_batch_tokens = micro_batch_tokens
         self.ranks = [
@@ -217,6 +224,28 @@ class LearnerGroup:
         ]
         ray.wait(refs, num_returns=len(refs), timeout=TIMEOUT_S)
         return refs[0]
+
+    def start_engines(
+        self, model_dir: str, count: int, seed: int = 0, **engine_kwargs: Any
+    ) -> list:
+        """Ranks ``0..count-1`` (``ColocatedRank`` actors) each build a rollout engine in
+        their process (engine seed ``seed + rank``); returns those actors, the workers of a
+        ``RolloutGroup(actors=...)``."""
+        engines = self.ranks[:count]
+        ray.get(
+            [
+                r.start_engine.remote(model_dir, seed=seed + k, **engine_kwargs)
+                for k, r in enumerate(engines)
+            ],
+            timeout=TIMEOUT_S,
+        )
+        return engines
+
+    def sync_colocated(self, version: int | None, engines: int, full: bool = False) -> dict:
+        """The weights into the colocated engines, in memory (``ColocatedRank.sync_engine``):
+        one gather (an all-gather when more than one rank hosts an engine); rank 0's figures."""
+        outs = self._all("sync_engine", version, full, engines > 1)
+        return outs[0]
 
     def weight_group_address(self) -> tuple[str, int, str]:
         """Where the weight-sync group meets (rank 0's node address, a free port there) and

@@ -37,12 +37,13 @@ class Run:
     learner: LearnerGroup
     rollouts: Any  # rollouts.RolloutGroup: the vLLM workers
     pool: RewardPool
-    accuracy_pool: RewardPool
+    accuracy_pool: RewardPool  # the training pool itself where the accuracy reward is all it scores
     log: MetricsLog
     own_rollouts: bool = True
     wall_offset: float = 0.0  # wall seconds of earlier sessions of a resumed run - start time
     sync_folder: str | None = None  # shared memory for weight syncs; None: Ray's object store
     collective: bool = False  # weight syncs broadcast over a torch.distributed group
+    colocated: bool = False  # the engines run in learner ranks' processes (rl/colocated.py)
     # the Ray node of every learner rank and rollout worker (summary.json's ``placement``)
     placement: dict[str, list[str]] = field(default_factory=dict)
     learner_restarts: int = 0  # learners this run started again after a rank died
@@ -88,6 +89,13 @@ class Run:
         if self.collective:
             return self._sync_collective(full, version)
         t0 = time.time()
+        if self.colocated:  # in memory: each engine reloads from its rank's gathered tensors
+            figures = self.learner.sync_colocated(version, self.rollouts.num_workers, full)
+            return {
+                **{k: figures[k] for k in ("sync_bytes", "sync_buckets")},
+                "sync_gather_s": figures["sync_gather_rank_s"],
+                "sync_load_s": time.time() - t0 - figures["sync_gather_rank_s"],
+            }
         folder = None
         if self.sync_folder is not None:
             self._syncs += 1
@@ -353,6 +361,9 @@ def start_ray(recipe: Recipe) -> None:
             include_dashboard=False,
             log_to_driver=False,
             configure_logging=False,
+            # no idle worker processes started ahead (~80 MB each, one per CPU): every actor
+            # of a run is started on purpose, and its own process is made for it
+            _system_config={"enable_worker_prestart": False, "prestart_worker_first_driver": False},
         )
 
 
@@ -395,14 +406,26 @@ def start_run(
     engines, ranks = placement_options(recipe, cluster_gpus())
     own_rollouts = rollouts is None
     starting = None
-    if own_rollouts:  # the engines start while the learner ranks load
-        starting = ThreadPoolExecutor(1, thread_name_prefix="r1kit-start").submit(
-            RolloutGroup, str(model_dir), recipe.rollout.workers, threads=engine_threads, **engines
-        )
-    learner = LearnerGroup(str(model_dir), recipe.learner.world_size, threads=threads, **ranks)
+    if recipe.rollout.colocate:
+        if not own_rollouts:
+            raise ValueError("rollout.colocate: the engines are the learner ranks' own; got others")
+        learner, rollouts = start_colocated(recipe, str(model_dir), threads, engines, ranks)
+    else:
+        if own_rollouts:  # the engines start while the learner ranks load
+            starting = ThreadPoolExecutor(1, thread_name_prefix="r1kit-start").submit(
+                RolloutGroup,
+                str(model_dir),
+                recipe.rollout.workers,
+                threads=engine_threads,
+                **engines,
+            )
+        learner = LearnerGroup(str(model_dir), recipe.learner.world_size, threads=threads, **ranks)
     pool = RewardPool(recipe.rewards.weights, recipe.rewards.workers, recipe.rewards.timeout_s)
-    accuracy_pool = RewardPool(
-        {recipe.rewards.accuracy: 1.0}, recipe.rewards.workers, recipe.rewards.timeout_s
+    accuracy = {recipe.rewards.accuracy: 1.0}
+    accuracy_pool = (  # one set of worker processes where the two score alike
+        pool
+        if accuracy == recipe.rewards.weights
+        else RewardPool(accuracy, recipe.rewards.workers, recipe.rewards.timeout_s)
     )
     if starting is not None:
         rollouts = starting.result()  # vLLM engines built
@@ -419,7 +442,8 @@ def start_run(
     )
     run.placement = {"learner": learner.node_ids(), "rollout": rollouts.node_ids()}
     run.collective = recipe.rollout.sync_transport == "collective"
-    if not run.collective:  # rank 0 exports, the engines read
+    run.colocated = recipe.rollout.colocate
+    if not (run.collective or run.colocated):  # rank 0 exports, the engines read
         nodes = [run.placement["learner"][0], *run.placement["rollout"]]
         run.sync_folder = sync_folder(recipe.rollout.sync_transport, nodes)
     if not own_rollouts:
@@ -435,6 +459,38 @@ def start_run(
         f"max {parity['max']:.1e} (ok)"
     )
     return run
+
+
+def start_colocated(
+    recipe: Recipe, model_dir: str, threads: int, engines: dict[str, Any], ranks: dict[str, Any]
+) -> tuple[LearnerGroup, Any]:
+    """Learner ranks of which the first ``rollout.workers`` each build a vLLM engine in their
+    own process (rl/colocated.py), and the RolloutGroup over those ranks. On CPU one thread
+    count serves both (the phases take turns in the process): the learner's."""
+    from rl.colocated import ColocatedRank
+    from rollouts import RolloutGroup
+    from rollouts.worker import ENGINE_ENV
+
+    env = dict(ENGINE_ENV, **({} if cluster_gpus() else {"OMP_NUM_THREADS": str(threads)}))
+    learner = LearnerGroup(
+        model_dir,
+        recipe.learner.world_size,
+        threads=threads,
+        rank_cls=ColocatedRank,
+        env=env,
+        **ranks,
+    )
+    engine_kwargs = {
+        k: v for k, v in engines.items() if k not in ("placement", "bundle", "resources", "seed")
+    }
+    try:
+        actors = learner.start_engines(
+            model_dir, recipe.rollout.workers, seed=engines["seed"], **engine_kwargs
+        )
+    except BaseException:
+        learner.shutdown()
+        raise
+    return learner, RolloutGroup(model_dir, len(actors), actors=actors)
 
 
 def sync_folder(transport: str, node_ids: list[str]) -> str | None:
@@ -503,6 +559,8 @@ def print_plan(run: Run, model_dir: Path, setup_s: float) -> None:
 
 
 def _sync_plan(run: Run) -> str:
+    if run.colocated:
+        return "in memory (each engine runs in its learner rank's process)"
     if run.collective:
         return "collective group (rank 0 broadcasts to the engines)"
     return f"shared memory ({run.sync_folder})" if run.sync_folder else "Ray object store"
@@ -520,6 +578,10 @@ def _placement_plan(run: Run) -> str:
         ranks = ", ".join(short[n] for n in where["learner"])
         workers = ", ".join(short[n] for n in where["rollout"])
         text = f"learner ranks on {ranks}; rollout workers on {workers}"
+    if run.colocated:
+        hosts = "rank 0's process" if rc.workers == 1 else f"ranks 0-{rc.workers - 1}'s processes"
+        text += f"; engines colocated in learner {hosts}"
+        text += " (sleeping on their GPU while it trains)" if cluster_gpus() else ""
     if cluster_gpus():
         text += (
             f"; a GPU per learner rank, {rc.tensor_parallel_size} per engine "
@@ -540,6 +602,8 @@ def _schedule_plan(r: Recipe) -> str:
     g, cores = r.grpo, os.cpu_count() or 1
     engine, learner = cpu_threads(r, cores)
     threads = f"CPU threads: {engine} per engine, {learner} per learner rank, of {cores} cores"
+    if r.rollout.colocate:
+        threads = f"CPU threads: {learner} per learner rank and its engine, of {cores} cores"
     if g.max_staleness == 0:
         return f"GRPO steps: synchronous (sample, learn, sync in turn); {threads}"
     return (

@@ -114,7 +114,8 @@ def _train_once(
         dead = run.learner.dead_ranks()
         if not dead:
             raise
-        handed = run.rollouts if run.own_rollouts else None
+        # engines of their own outlive this learner; colocated ones died with it
+        handed = run.rollouts if run.own_rollouts and not run.colocated else None
         run.own_rollouts = False  # the engines outlive this learner
         raise LearnerDiedError(
             f"learner rank(s) {dead} died ({type(err).__name__})", rollouts=handed

