@@ -4,7 +4,7 @@
 
 Runs r1kit's GRPO (bench/recipe.yaml, from the bench's SFT starting checkpoint) for
 ``--steps`` steps at G = 4, 8, 16 (16 prompts per step) and at 8, 16, 32, 48 (the demo's
-batch), 64 prompts per step (G = 8), in one process with the recipe's vLLM engines shared by
+batch), 64 prompts per step (G = 8), in one process with two vLLM engines shared by
 every run, and plots the mean step time split into phases (steps after the first) against
 each, plus each phase's share. Also measures the Ray round trip to a learner rank and to the rollout worker
 (the fixed cost of each call a step makes).
@@ -26,6 +26,9 @@ from bench.compare import PHASES, POLICIES, RECIPE, starting_policy
 
 GROUP_SIZES = (4, 8, 16)
 PROMPTS = (8, 16, 32, 48, 64)  # 48 x 8: the demo's batch
+# engines beside the learner (the bench's layout until 2026-12-07, when it colocated one
+# engine with the rank): the points share them, so they are the driver's to start
+ENGINES = 2
 
 
 def main() -> None:
@@ -45,7 +48,7 @@ def main() -> None:
     ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
     rollouts = RolloutGroup(
         str(policy),
-        base["rollout"].get("workers", 1),  # as the recipe's runs, shared by every point
+        ENGINES,  # shared by every point
         dtype="float32",
         max_model_len=base["rollout"]["max_model_len"],
         max_num_seqs=max(PROMPTS) * 8,
@@ -64,6 +67,8 @@ def main() -> None:
                         f"data.rl_file={rl_file}",
                         "sft.steps=0",
                         "eval.limit=16",
+                        "rollout.colocate=false",  # the shared engines above, not the ranks' own
+                        f"rollout.workers={ENGINES}",
                         f"grpo.steps={args.steps}",
                         f"grpo.prompts_per_step={prompts}",
                         f"grpo.group_size={group}",
