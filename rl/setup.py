@@ -394,7 +394,6 @@ def start_run(
     from transformers import AutoTokenizer
 
     from rl.dashboards import run_log
-    from rollouts import RolloutGroup
 
     t0 = time.time()
     check_tools(recipe.tools, "recipe key 'tools'")
@@ -405,30 +404,15 @@ def start_run(
     engine_threads, threads = cpu_threads(recipe, os.cpu_count() or 1)
     engines, ranks = placement_options(recipe, cluster_gpus())
     own_rollouts = rollouts is None
-    starting = None
     if recipe.rollout.colocate:
         if not own_rollouts:
             raise ValueError("rollout.colocate: the engines are the learner ranks' own; got others")
         learner, rollouts = start_colocated(recipe, str(model_dir), threads, engines, ranks)
     else:
-        if own_rollouts:  # the engines start while the learner ranks load
-            starting = ThreadPoolExecutor(1, thread_name_prefix="r1kit-start").submit(
-                RolloutGroup,
-                str(model_dir),
-                recipe.rollout.workers,
-                threads=engine_threads,
-                **engines,
-            )
-        learner = LearnerGroup(str(model_dir), recipe.learner.world_size, threads=threads, **ranks)
-    pool = RewardPool(recipe.rewards.weights, recipe.rewards.workers, recipe.rewards.timeout_s)
-    accuracy = {recipe.rewards.accuracy: 1.0}
-    accuracy_pool = (  # one set of worker processes where the two score alike
-        pool
-        if accuracy == recipe.rewards.weights
-        else RewardPool(accuracy, recipe.rewards.workers, recipe.rewards.timeout_s)
-    )
-    if starting is not None:
-        rollouts = starting.result()  # vLLM engines built
+        learner, rollouts = start_separate(
+            recipe, str(model_dir), rollouts, (engine_threads, threads), engines, ranks
+        )
+    pool, accuracy_pool = reward_pools(recipe)
     run = Run(
         recipe,
         out,
@@ -459,6 +443,35 @@ def start_run(
         f"max {parity['max']:.1e} (ok)"
     )
     return run
+
+
+def start_separate(
+    recipe: Recipe,
+    model_dir: str,
+    rollouts: Any,
+    threads: tuple[int, int],
+    engines: dict[str, Any],
+    ranks: dict[str, Any],
+) -> tuple[LearnerGroup, Any]:
+    """Learner ranks and, unless ``rollouts`` are given, a RolloutGroup of engine actors of
+    their own, started while the ranks load. ``threads``: per engine, per rank."""
+    from rollouts import RolloutGroup
+
+    starting = None
+    if rollouts is None:
+        starting = ThreadPoolExecutor(1, thread_name_prefix="r1kit-start").submit(
+            RolloutGroup, model_dir, recipe.rollout.workers, threads=threads[0], **engines
+        )
+    learner = LearnerGroup(model_dir, recipe.learner.world_size, threads=threads[1], **ranks)
+    return learner, rollouts if starting is None else starting.result()  # vLLM engines built
+
+
+def reward_pools(recipe: Recipe) -> tuple[RewardPool, RewardPool]:
+    """The training reward pool and the accuracy one, one pool where the two score alike."""
+    r = recipe.rewards
+    pool = RewardPool(r.weights, r.workers, r.timeout_s)
+    accuracy = {r.accuracy: 1.0}
+    return pool, pool if accuracy == r.weights else RewardPool(accuracy, r.workers, r.timeout_s)
 
 
 def start_colocated(
