@@ -5,7 +5,6 @@ Real Ray actors, 2 FSDP2 ranks on gloo, real vLLM engines (CPU) inside them. On 
 mode does nothing, so the GPU test (marked) is the one that sees an engine free its memory.
 """
 
-import json
 import os
 
 import pytest
@@ -20,7 +19,13 @@ from rl.learner_group import LearnerGroup
 from rl.trainer import train
 from rollouts import RolloutGroup
 from rollouts.worker import ENGINE_ENV
-from tests.rl.test_resume import GRPO_KILL, _assert_repeats, _rows, killing_a_rank
+from tests.rl.test_resume import (
+    GRPO_KILL,
+    _assert_repeats,
+    _rows,
+    _uninterrupted,
+    killing_a_rank,
+)
 
 
 @pytest.mark.parametrize(
@@ -94,36 +99,32 @@ def _colocated_pids() -> list[int]:
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_colocated_grpo_syncs_in_memory_and_survives_a_rank_killed_mid_run(
-    ray_cluster, tiny_policy_dir, tmp_path
+    rollouts, tiny_policy_dir, tmp_path, tmp_path_factory
 ):
-    """Two ranks, each hosting an engine. Uninterrupted: every step samples the weights the
-    learner holds (the in-memory sync works). Then the same run with one rank SIGKILLed after
-    GRPO step 3 (its engine dies with it): the learner and its engines start again from the
-    latest checkpoint and the run ends as the uninterrupted one, bit for bit."""
+    """Two ranks, each hosting an engine, one rank SIGKILLed after GRPO step 3 (its engine
+    dies with it): the learner and its engines start again from the latest checkpoint. Every
+    step samples the weights the learner holds (the in-memory sync works), and the run ends
+    bit for bit as test_resume's uninterrupted run of the same recipe with one separate
+    engine (prompt i is seeded alike however the engines split a batch)."""
     import time
 
-    overrides = [
-        f"model.path={tiny_policy_dir}",
-        *GRPO_KILL["overrides"],
-        "rollout.colocate=true",
-        "rollout.workers=2",
-    ]
-    recipe = load_recipe("recipes/demo.yaml", overrides)
-    whole = tmp_path / "whole"
-    train(recipe, whole)
-    grpo = _rows(whole, "grpo")
-    assert any(r["rows_learned"] for r in grpo.values()), "no update to sync"
-    for r in grpo.values():
-        assert r["logprob_diff_max"] < 1e-3, r
-        assert r["sync_bytes"] > 0 or not r["rows_learned"]
-    summary = json.loads((whole / "summary.json").read_text())
-    assert summary["placement"]["rollout"] == summary["placement"]["learner"]
-
+    separate = [f"model.path={tiny_policy_dir}", *GRPO_KILL["overrides"]]
+    whole = _uninterrupted(
+        "grpo-kl-dynamic", load_recipe("recipes/demo.yaml", separate), rollouts, tmp_path_factory
+    )
+    recipe = load_recipe(
+        "recipes/demo.yaml", [*separate, "rollout.colocate=true", "rollout.workers=2"]
+    )
     out = tmp_path / "killed"
     with killing_a_rank(out, "grpo", 3, _colocated_pids) as victims:
         summary = train(recipe, out)
     assert len(victims) == 1 and summary["learner_restarts"] == 1
+    assert summary["placement"]["rollout"] == summary["placement"]["learner"]
     resumed = _rows(out, "grpo")
+    assert any(r["rows_learned"] for r in resumed.values()), "no update to sync"
+    for r in resumed.values():  # before the kill and after the restart
+        assert r["logprob_diff_max"] < 1e-3, r
+        assert r["sync_bytes"] > 0 or not r["rows_learned"]
     restarted_at = min(s for s, r in resumed.items() if r["learner_restarts"] == 1)
     assert restarted_at in (3, 5), resumed  # the step after a checkpoint
     _assert_repeats(whole, out, summary, "grpo", restarted_at - 1)
