@@ -15,15 +15,6 @@ from rl.metrics import MTPStats, UpdateStats
 TIMEOUT_S = 1800  # no single learner call should take this long on any machine we target
 
 
-class LearnerDiedError(RuntimeError):
-    """A learner rank's actor died (its process killed, its node lost) during a run.
-    ``rollouts``: the run's own engines, still running, for the restarted learner to use."""
-
-    def __init__(self, message: str, rollouts: object = None) -> None:
-        super().__init__(message)
-        self.rollouts = rollouts
-
-
 class LearnerGroup:
     """``world_size`` LearnerRank actors forming one process group over one policy."""
 

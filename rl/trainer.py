@@ -16,11 +16,10 @@ import json
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from rl.async_sampler import AheadSampler
 from rl.batch import make_batch
 from rl.checkpoint import (
     DriverState,
@@ -37,14 +36,17 @@ from rl.data import (
     stage_sources,
     write_rows,
 )
-from rl.errors import ConfigError
-from rl.evaluation import evaluate_held_out
-from rl.grpo import grpo_step, learn_step
-from rl.learner_group import LearnerDiedError
+from rl.errors import ConfigError, LearnerDiedError
 from rl.metrics import plot_reward_curve
 from rl.progress import StepProgress
 from rl.schedule import lr_at
-from rl.setup import Run, import_object, start_run
+
+if TYPE_CHECKING:
+    from rl.async_sampler import AheadSampler
+    from rl.setup import Run
+
+# The learner, the engines and the rewards (transformers, vLLM, Ray, math-verify: ~8 s) are
+# imported where used, after the data is read: bad data is one error in seconds.
 
 # Recipe sections a resumed run may change: where the cluster is, how often to checkpoint,
 # where metrics are shown.
@@ -91,6 +93,8 @@ def _train_once(
     start = time.time()
     state = _resume_state(recipe, out) if resume else _new_run(recipe, out)
     data = load_data(recipe, out)
+    from rl.setup import start_run
+
     run = start_run(recipe, out, data, rollouts, metrics_rows=state.metrics_rows if state else None)
     run.wall_offset = (state.wall_seconds if state else 0.0) - start
     run.learner_restarts = learner_restarts
@@ -185,6 +189,8 @@ def load_data(recipe: Recipe, out: Path) -> dict[str, list[dict]]:
     cfg = recipe.data
     sources = stage_sources(cfg)
     if cfg.generator:
+        from rl.setup import import_object
+
         generated = import_object(cfg.generator, "data.generator")(**cfg.generator_args)
         for kind, rows in generated.items():
             if kind in STAGES and kind not in sources:
@@ -310,6 +316,9 @@ def run_grpo(
     ``grpo.max_staleness`` > 0, sampling runs ahead of the learner (rl.async_sampler).
     ``threaded``: sample in the sampler thread (default: when max_staleness > 0; at 0 it
     keeps the synchronous schedule, which tests compare with the synchronous loop)."""
+    from rl.async_sampler import AheadSampler
+    from rl.grpo import grpo_step
+
     cfg = run.recipe.grpo
     run.learner.configure_optimizer(cfg.lr, cfg.weight_decay)
     if cfg.kl_coef > 0:  # the policy as GRPO starts (a resume then loads the saved one)
@@ -342,6 +351,8 @@ def run_grpo(
 def _async_step(run: Run, sampler: AheadSampler, step: int) -> tuple[dict, int]:
     """Step ``step`` on the batch the sampler made ahead; its metrics and the data position
     a resume starts from (after this batch's prompts: later batches are sampled again)."""
+    from rl.grpo import learn_step
+
     start = time.time()
     sampled, waited = sampler.take(step)
     metrics = learn_step(
@@ -392,6 +403,8 @@ def _maybe_checkpoint(
 def evaluate(run: Run, rows: list[dict], stage: str) -> dict:
     """Held-out evaluation after ``stage``: greedy pass@1 as ``accuracy`` (and, with eval.n > 1,
     pass@n, mean@n, maj@n); ``rl.evaluation.evaluate_held_out`` says what it writes."""
+    from rl.evaluation import evaluate_held_out
+
     result = evaluate_held_out(run, rows, stage)
     if run.recipe.rollout.speculative_tokens:  # its greedy drafts are no GRPO step's
         run.speculative_counts = run.rollouts.speculative_counts()

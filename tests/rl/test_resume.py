@@ -235,7 +235,7 @@ def test_a_learner_that_keeps_dying_ends_the_run_after_max_restarts(
 ):
     """With ``learner.max_restarts=0`` the first death ends the run: one error naming it,
     the checkpoints kept for a ``--resume``."""
-    from rl.learner_group import LearnerDiedError
+    from rl.errors import LearnerDiedError
 
     overrides = [
         f"model.path={tiny_policy_dir}",
