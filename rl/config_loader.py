@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import types
 import typing
 from dataclasses import dataclass
@@ -177,3 +178,12 @@ def _describe(kind: Any) -> str:
     if typing.get_origin(kind) is typing.Literal:
         return f"one of {sorted(typing.get_args(kind))}"
     return getattr(typing.get_origin(kind) or kind, "__name__", str(kind))
+
+
+def import_object(spec: str, key: str) -> Any:
+    """``module:function`` -> the function; errors name the recipe key."""
+    module, _, name = spec.partition(":")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"recipe key '{key}': cannot import {spec!r}: {e}") from None

@@ -3,7 +3,6 @@ and tear it down again."""
 
 from __future__ import annotations
 
-import importlib
 import os
 import shutil
 import string
@@ -195,15 +194,6 @@ def check_tools(tools: ToolsConfig, key: str = "tools") -> None:
             check_sandbox()
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{key}: {e}") from None
-
-
-def import_object(spec: str, key: str) -> Any:
-    """``module:function`` -> the function; errors name the recipe key."""
-    module, _, name = spec.partition(":")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"recipe key '{key}': cannot import {spec!r}: {e}") from None
 
 
 def initial_policy(recipe: Recipe, out: Path, data: dict[str, list[dict]]) -> Path:
@@ -410,7 +400,7 @@ def start_run(
         learner, rollouts = start_colocated(recipe, str(model_dir), threads, engines, ranks)
     else:
         learner, rollouts = start_separate(
-            recipe, str(model_dir), rollouts, (engine_threads, threads), engines, ranks
+            recipe, str(model_dir), rollouts, engine_threads, threads, engines, ranks
         )
     pool, accuracy_pool = reward_pools(recipe)
     run = Run(
@@ -449,20 +439,21 @@ def start_separate(
     recipe: Recipe,
     model_dir: str,
     rollouts: Any,
-    threads: tuple[int, int],
+    engine_threads: int,
+    rank_threads: int,
     engines: dict[str, Any],
     ranks: dict[str, Any],
 ) -> tuple[LearnerGroup, Any]:
     """Learner ranks and, unless ``rollouts`` are given, a RolloutGroup of engine actors of
-    their own, started while the ranks load. ``threads``: per engine, per rank."""
+    their own, started while the ranks load."""
     from rollouts import RolloutGroup
 
     starting = None
     if rollouts is None:
         starting = ThreadPoolExecutor(1, thread_name_prefix="r1kit-start").submit(
-            RolloutGroup, model_dir, recipe.rollout.workers, threads=threads[0], **engines
+            RolloutGroup, model_dir, recipe.rollout.workers, threads=engine_threads, **engines
         )
-    learner = LearnerGroup(model_dir, recipe.learner.world_size, threads=threads[1], **ranks)
+    learner = LearnerGroup(model_dir, recipe.learner.world_size, threads=rank_threads, **ranks)
     return learner, rollouts if starting is None else starting.result()  # vLLM engines built
 
 

@@ -28,6 +28,7 @@ from rl.checkpoint import (
     save_checkpoint,
 )
 from rl.config import DataSource, Recipe
+from rl.config_loader import import_object
 from rl.data import (
     STAGES,
     DataOrder,
@@ -189,8 +190,6 @@ def load_data(recipe: Recipe, out: Path) -> dict[str, list[dict]]:
     cfg = recipe.data
     sources = stage_sources(cfg)
     if cfg.generator:
-        from rl.setup import import_object
-
         generated = import_object(cfg.generator, "data.generator")(**cfg.generator_args)
         for kind, rows in generated.items():
             if kind in STAGES and kind not in sources:
